@@ -1,0 +1,234 @@
+"""Transform nodes: map fields with expressions, filter records, select and rename fields.
+
+Expressions are checked when the flow is validated (so the editor can mark the field) and
+compiled once per node run; each record then costs one call per expression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from engine.errors import ExpressionError
+from engine.expressions import check_expression, compile_expression
+from engine.spec import Batch, ConfigProblem, Inputs, NodeSpec, Outputs, RunContext
+
+__all__ = ["NODES", "MAP", "FILTER", "SELECT"]
+
+
+def _problem(field: str, exc: ExpressionError) -> ConfigProblem:
+    return ConfigProblem(field=field, message=str(exc))
+
+
+# --------------------------------------------------------------------------- map
+MAP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["fields"],
+    "properties": {
+        "fields": {
+            "type": "object",
+            "title": "Fields",
+            "description": "Field name → expression, evaluated in order; a later expression "
+            "can use a field computed by an earlier one. Example: "
+            '{"gross": "round(price * markup, 2)", "name": "upper(trim(name))"}.',
+            "minProperties": 1,
+            "additionalProperties": {"type": "string", "format": "expression", "maxLength": 10000},
+            "default": {},
+        },
+        "keep": {
+            "type": "boolean",
+            "default": True,
+            "title": "Keep other fields",
+            "description": "true: records keep all their fields plus the computed ones; "
+            "false: records have only the computed fields.",
+        },
+    },
+}
+
+
+def check_map(config: dict[str, Any]) -> list[ConfigProblem]:
+    problems = []
+    for name, text in config.get("fields", {}).items():
+        try:
+            check_expression(text)
+        except ExpressionError as exc:
+            problems.append(_problem(f"fields.{name}", exc))
+    return problems
+
+
+def map_fields(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
+    """Compute fields per record; a record whose expression fails is rejected, not lost."""
+    exprs = [
+        (name, compile_expression(text, params=ctx.params))
+        for name, text in config["fields"].items()
+    ]
+    keep = config["keep"]
+    names = [name for name, _ in exprs]
+
+    def stream() -> Iterator[Batch]:
+        for batch in inputs["in"]:
+            out = []
+            append = out.append
+            for record in batch:
+                work = dict(record)
+                try:
+                    for name, fn in exprs:
+                        work[name] = fn(work)
+                except ExpressionError as exc:
+                    ctx.reject(record, f"field {name!r}: {exc}")
+                    continue
+                append(work if keep else {n: work[n] for n in names})
+            ctx.progress(len(batch))
+            yield out
+
+    return {"out": stream()}
+
+
+MAP = NodeSpec(
+    type="transform.map",
+    title="Map fields",
+    category="transform",
+    description="Computes fields from expressions (e.g. price * markup, upper(name)). "
+    "Run params can be used by name.",
+    inputs=("in",),
+    outputs=("out",),
+    config_schema=MAP_SCHEMA,
+    check=check_map,
+    run=map_fields,
+)
+
+# --------------------------------------------------------------------------- filter
+FILTER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["condition"],
+    "properties": {
+        "condition": {
+            "type": "string",
+            "format": "expression",
+            "maxLength": 10000,
+            "title": "Condition",
+            "description": "Records for which this expression is true pass; "
+            "e.g. qty > 0 and status != 'storniert'.",
+        },
+    },
+}
+
+
+def check_filter(config: dict[str, Any]) -> list[ConfigProblem]:
+    try:
+        check_expression(config.get("condition", ""))
+    except ExpressionError as exc:
+        return [_problem("condition", exc)]
+    return []
+
+
+def filter_records(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
+    """Keep the records whose condition is true."""
+    condition = compile_expression(config["condition"], params=ctx.params)
+
+    def stream() -> Iterator[Batch]:
+        for batch in inputs["in"]:
+            out = []
+            append = out.append
+            for record in batch:
+                try:
+                    if condition(record):
+                        append(record)
+                except ExpressionError as exc:
+                    ctx.reject(record, f"condition: {exc}")
+            ctx.progress(len(batch))
+            yield out
+
+    return {"out": stream()}
+
+
+FILTER = NodeSpec(
+    type="transform.filter",
+    title="Filter",
+    category="transform",
+    description="Passes the records for which the condition is true.",
+    inputs=("in",),
+    outputs=("out",),
+    config_schema=FILTER_SCHEMA,
+    check=check_filter,
+    run=filter_records,
+)
+
+# --------------------------------------------------------------------------- select
+SELECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "anyOf": [{"required": ["fields"]}, {"required": ["rename"]}],
+    "properties": {
+        "fields": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "uniqueItems": True,
+            "title": "Fields",
+            "description": "Keep only these fields, in this order (before renaming).",
+        },
+        "rename": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "minLength": 1},
+            "title": "Rename",
+            "description": 'Old name → new name, e.g. {"Artikelnummer": "sku"}.',
+        },
+        "missing": {
+            "type": "string",
+            "enum": ["error", "null"],
+            "default": "error",
+            "title": "Missing fields",
+            "description": "error: a record without a selected field is rejected; "
+            "null: the field is set to null.",
+        },
+    },
+}
+
+
+def select_fields(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
+    """Project and rename fields, keeping their order."""
+    fields: list[str] | None = config.get("fields")
+    rename: dict[str, str] = config.get("rename") or {}
+    strict = config["missing"] == "error"
+
+    def reshape(record: dict[str, Any]) -> dict[str, Any]:
+        if fields is not None:
+            if strict:
+                missing = [f for f in fields if f not in record]
+                if missing:
+                    raise KeyError(
+                        f"missing field {missing[0]!r} (fields: {', '.join(map(str, record))})"
+                    )
+            record = {f: record.get(f) for f in fields}
+        if rename:
+            record = {rename.get(k, k): v for k, v in record.items()}
+        return record
+
+    def stream() -> Iterator[Batch]:
+        for batch in inputs["in"]:
+            out = []
+            for record in batch:
+                try:
+                    out.append(reshape(record))
+                except KeyError as exc:
+                    ctx.reject(record, exc.args[0])
+            ctx.progress(len(batch))
+            yield out
+
+    return {"out": stream()}
+
+
+SELECT = NodeSpec(
+    type="transform.select",
+    title="Select / rename fields",
+    category="transform",
+    description="Keeps the listed fields (in order) and/or renames fields.",
+    inputs=("in",),
+    outputs=("out",),
+    config_schema=SELECT_SCHEMA,
+    run=select_fields,
+)
+
+NODES = (MAP, FILTER, SELECT)
