@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from designer.nodedocs import render_markdown
 from engine.errors import FlowFormatError, FlowmillError
 from engine.executor import RunResult
 from engine.flow import dump_flow, load_flow, parse_flow_text
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     nodes = sub.add_parser("nodes", help="list the node types")
     nodes.add_argument("--json", action="store_true", help="the full catalog as JSON")
+    nodes.add_argument("--markdown", action="store_true", help="the node reference (docs/nodes.md)")
 
     conn = sub.add_parser("connection", help="named connections (stored encrypted)")
     conn_sub = conn.add_subparsers(dest="action", required=True)
@@ -210,6 +212,9 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     registry = Registry.discover()
     if args.json:
         print(json.dumps(registry.catalog(), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if args.markdown:
+        sys.stdout.write(render_markdown(registry))
         return EXIT_OK
     for spec in registry:
         ins = ",".join(spec.inputs) or "-"

@@ -47,7 +47,7 @@ from engine.events import (
     RunStarted,
 )
 from engine.flow import dump_flow, flow_hash
-from engine.params import resolve_params, substitute
+from engine.params import expand_builtins, resolve_params, substitute
 from engine.registry import Registry
 from engine.spec import DEFAULT_BATCH_SIZE, ERROR_PORT, NodeSpec, RunContext
 from engine.streams import Inbox, NodeTimedOut, Spool, json_safe
@@ -254,11 +254,6 @@ class Executor:
             self.store.save_flow_version(flow["id"], digest, dump_flow(flow))
         work_dir = self.data_dir / "work" / run_id
         work_dir.mkdir(parents=True, exist_ok=True)
-        run = _Run(run_id, cancel_event or threading.Event())
-        started = time.monotonic()
-        self.bus.publish(RunStarted(run_id, flow["id"], digest, json_safe(values)))
-
-        nodes = self._prepare(flow, run)
         builtins = {
             "data_dir": str(self.data_dir),
             "flow_dir": str(flow_dir or Path.cwd()),
@@ -266,6 +261,12 @@ class Executor:
             "run_id": run_id,
             "today": date.today().isoformat(),
         }
+        values = expand_builtins(values, builtins)
+        run = _Run(run_id, cancel_event or threading.Event())
+        started = time.monotonic()
+        self.bus.publish(RunStarted(run_id, flow["id"], digest, json_safe(values)))
+
+        nodes = self._prepare(flow, run)
         for node_run in nodes.values():
             thread = threading.Thread(
                 target=self._node_thread,

@@ -25,6 +25,7 @@ __all__ = [
     "param_defaults",
     "substitute",
     "placeholders_in",
+    "expand_builtins",
 ]
 
 BUILTIN_PLACEHOLDERS = ("data_dir", "flow_dir", "work_dir", "run_id", "today")
@@ -109,6 +110,21 @@ def resolve_params(flow: Mapping[str, Any], given: Mapping[str, Any] | None) -> 
             raise ParamError(flow_id, name, f"{value!r} is not one of {decl['enum']}")
         result[name] = value
     return result
+
+
+def expand_builtins(values: Mapping[str, Any], builtins: Mapping[str, Any]) -> dict[str, Any]:
+    """Param values with built-in placeholders (``${data_dir}``…) filled in.
+
+    Only built-ins: a param never pulls in another param, so nothing expands twice.
+    """
+    return {
+        name: _PLACEHOLDER.sub(
+            lambda m: str(builtins[m.group(1)]) if m.group(1) in builtins else m.group(0), value
+        )
+        if isinstance(value, str)
+        else value
+        for name, value in values.items()
+    }
 
 
 def placeholders_in(value: Any) -> set[str]:

@@ -109,6 +109,16 @@ def validate_flow(flow: Any, registry: Registry) -> list[ValidationIssue]:
 
     params = param_defaults(flow)
     known_placeholders = set(params) | set(BUILTIN_PLACEHOLDERS)
+    for name, default in params.items():
+        for unknown in sorted(placeholders_in(default) - set(BUILTIN_PLACEHOLDERS)):
+            issues.append(
+                ValidationIssue(
+                    None,
+                    f"params.{name}.default",
+                    f"unknown placeholder ${{{unknown}}} (a param default may use only "
+                    f"the built-ins: {', '.join(BUILTIN_PLACEHOLDERS)})",
+                )
+            )
     specs = {}
     seen: set[str] = set()
     for node in flow["nodes"]:

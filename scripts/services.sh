@@ -1,0 +1,225 @@
+# shellcheck shell=bash
+# Services the test suite talks to, made reachable on a Debian (bookworm) machine.
+#
+# Sourced by scripts/test; can also be run on its own:
+#   bash scripts/services.sh               # ensure every service below
+#   bash scripts/services.sh postgresql    # ensure only the ones named
+#
+# Every service has one function `ensure_<name>` and is listed in FLOWMILL_TEST_SERVICES.
+# Each function follows the same rules:
+#   1. If the service already answers the way the tests use it, do nothing at all.
+#   2. Otherwise install the Debian packages that are missing, start the server without
+#      systemd (none on these machines), configure the access the tests use, create what
+#      the tests expect, and wait (bounded) until it answers.
+#   3. Access/authentication is changed only on a server that this run installed or
+#      started, or when CI=true; a server that was already running but refuses the tests'
+#      login is left alone on a developer machine (the function says what to do instead).
+#   4. Return non-zero with a message when the service is still not usable; the caller
+#      decides (scripts/test stops when CI=true, else warns: the tests then skip).
+#
+# To add a service (Redis, RabbitMQ, Mosquitto, Chromium, litmus, ...): append its name to
+# FLOWMILL_TEST_SERVICES and write ensure_<name> below, following the rules above.
+FLOWMILL_TEST_SERVICES=(
+  postgresql # 127.0.0.1:5432, user postgres, trust auth for local TCP, database test
+  mariadb    # 127.0.0.1:3306, user root with an empty password, database test
+)
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# Ensure the services named (default: all of FLOWMILL_TEST_SERVICES). Returns non-zero when
+# any of them is not usable.
+ensure_services() {
+  local names=("$@") name failed=()
+  if [ ${#names[@]} -eq 0 ]; then names=("${FLOWMILL_TEST_SERVICES[@]}"); fi
+  for name in "${names[@]}"; do
+    if ! declare -F "ensure_$name" >/dev/null; then
+      warn "unknown service '$name' (known: ${FLOWMILL_TEST_SERVICES[*]})"
+      failed+=("$name")
+    elif ! "ensure_$name"; then
+      failed+=("$name")
+    fi
+  done
+  if [ ${#failed[@]} -gt 0 ]; then
+    warn "not available: ${failed[*]}"
+    return 1
+  fi
+}
+
+# May we change the access configuration of this server? (rule 3 above)
+# Usage: _may_configure NAME STARTED_BY_US
+_may_configure() {
+  if [ "$2" = 1 ] || in_ci; then return 0; fi
+  warn "$1: it was already running and refuses the tests' login; a server this script did"
+  warn "$1: not start is not reconfigured (CI=true allows it; see docs/operations.md)"
+  return 1
+}
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+FLOWMILL_PG_HBA_MARK="# flowmill tests: trust local TCP (scripts/services.sh)"
+
+_pg_try() { # _pg_try DATABASE: can the tests' user log in over TCP without a password?
+  have psql || return 1
+  PGCONNECT_TIMEOUT=3 psql -X -w -q -At -h 127.0.0.1 -p 5432 -U postgres -d "$1" \
+    -c 'SELECT 1' >/dev/null 2>&1
+}
+
+# "VERSION CLUSTER STATUS" of the Debian cluster configured for port 5432, if any.
+_pg_cluster_5432() {
+  have pg_lsclusters || return 1
+  pg_lsclusters -h 2>/dev/null | awk '$3 == 5432 { print $1, $2, $4; found = 1; exit } END { exit !found }'
+}
+
+ensure_postgresql() {
+  if [ -n "${FLOWMILL_TEST_PG:-}" ]; then
+    say "postgresql: FLOWMILL_TEST_PG is set, the tests use it; nothing to do"
+    return 0
+  fi
+  if _pg_try test; then
+    say "postgresql: ready (127.0.0.1:5432, database test)"
+    return 0
+  fi
+  say "postgresql: not usable yet; setting it up"
+  local started=0 ver cluster newest hba
+  if ! have pg_lsclusters || ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
+    apt_install postgresql postgresql-client || return 1
+    started=1 # a server we install is ours to configure
+  fi
+  have psql || apt_install postgresql-client || return 1
+
+  if ! read -r ver cluster _ < <(_pg_cluster_5432); then
+    if [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
+      warn "postgresql: clusters exist but none on port 5432:"
+      pg_lsclusters >&2
+      return 1
+    fi
+    newest=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+    say "postgresql: creating cluster $newest/main"
+    as_root pg_createcluster --locale C.UTF-8 "$newest" main >/dev/null || return 1
+    read -r ver cluster _ < <(_pg_cluster_5432) || {
+      warn "postgresql: the new cluster did not get port 5432"
+      return 1
+    }
+  fi
+  if ! port_open 127.0.0.1 5432; then
+    say "postgresql: starting cluster $ver/$cluster"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$cluster" start || return 1
+    started=1
+    wait_for 30 "postgresql on 127.0.0.1:5432" port_open 127.0.0.1 5432 || return 1
+  fi
+
+  if ! _pg_try postgres; then
+    _may_configure postgresql "$started" || return 1
+    hba=/etc/postgresql/$ver/$cluster/pg_hba.conf
+    if as_root grep -qxF "$FLOWMILL_PG_HBA_MARK" "$hba"; then
+      warn "postgresql: $hba already trusts local TCP, yet login as postgres fails"
+      return 1
+    fi
+    say "postgresql: trusting TCP from 127.0.0.1 and ::1 in $hba; reloading"
+    # pg_hba.conf is first-match: put the lines first. Rewrite in place (keeps owner/mode).
+    # shellcheck disable=SC2016 # $1/$2 are expanded by the inner sh
+    as_root sh -c 'f=$1; t=$(mktemp) && { printf "%s\n%s\n%s\n\n" "$2" \
+        "host all all 127.0.0.1/32 trust" "host all all ::1/128 trust"; cat "$f"; } >"$t" &&
+        cat "$t" >"$f" && rm -f "$t"' sh "$hba" "$FLOWMILL_PG_HBA_MARK" || return 1
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$cluster" reload || return 1
+    wait_for 15 "postgresql login as postgres over TCP" _pg_try postgres || return 1
+  fi
+
+  if ! _pg_try test; then
+    say "postgresql: creating database test"
+    PGCONNECT_TIMEOUT=3 psql -X -w -q -h 127.0.0.1 -p 5432 -U postgres -d postgres \
+      -c 'CREATE DATABASE test' || return 1
+  fi
+  wait_for 15 "postgresql database test" _pg_try test || return 1
+  say "postgresql: ready (127.0.0.1:5432, database test)"
+}
+
+# --- MariaDB -----------------------------------------------------------------------------
+
+_my_client() {
+  if have mariadb; then echo mariadb; elif have mysql; then echo mysql; else return 1; fi
+}
+
+_my_try() { # _my_try [DATABASE]: can root log in over TCP with an empty password?
+  local client
+  client=$(_my_client) || return 1
+  "$client" --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u root --connect-timeout=3 \
+    -e 'SELECT 1' ${1:+"$1"} >/dev/null 2>&1
+}
+
+_my_socket_try() { # root over the unix socket (unix_socket auth: needs OS root)
+  as_root "$(_my_client)" --protocol=socket -u root -e 'SELECT 1' >/dev/null 2>&1
+}
+
+ensure_mariadb() {
+  if [ -n "${FLOWMILL_TEST_MARIADB:-}" ]; then
+    say "mariadb: FLOWMILL_TEST_MARIADB is set, the tests use it; nothing to do"
+    return 0
+  fi
+  if _my_try test; then
+    say "mariadb: ready (127.0.0.1:3306, root, database test)"
+    return 0
+  fi
+  say "mariadb: not usable yet; setting it up"
+  local started=0 client
+  if [ ! -x /usr/sbin/mariadbd ]; then
+    apt_install mariadb-server mariadb-client || return 1
+    started=1 # a server we install is ours to configure
+  fi
+  _my_client >/dev/null || apt_install mariadb-client || return 1
+  client=$(_my_client)
+
+  if ! port_open 127.0.0.1 3306; then
+    if ! as_root test -d /var/lib/mysql/mysql; then
+      say "mariadb: initialising /var/lib/mysql"
+      as_root mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null || return 1
+    fi
+    as_root install -d -m 0755 -o mysql -g root /run/mysqld || return 1
+    say "mariadb: starting mariadbd"
+    # Debian's config does not set user=mysql (systemd does): pass it, or mariadbd refuses
+    # to run as root. start-stop-daemon --oknodo does nothing if mariadbd already runs.
+    local args=(--user=mysql)
+    if [ -d /var/log/mysql ]; then args+=(--log-error=/var/log/mysql/error.log); fi
+    as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd \
+      -- "${args[@]}" || return 1
+    started=1
+    if ! wait_for 60 "mariadb on 127.0.0.1:3306" port_open 127.0.0.1 3306; then
+      if [ -r /var/log/mysql/error.log ]; then tail -n 20 /var/log/mysql/error.log >&2; fi
+      return 1
+    fi
+  fi
+
+  if ! _my_try; then
+    _may_configure mariadb "$started" || return 1
+    say "mariadb: letting root log in over TCP with an empty password (mysql_native_password)"
+    # Debian's root@localhost is unix_socket-only: keep the socket login, add an empty native
+    # password, and add root@127.0.0.1 and root@::1 (used when names are not resolved).
+    wait_for 30 "mariadb login as root over its socket" _my_socket_try || return 1
+    as_root "$client" --protocol=socket -u root <<'SQL' || return 1
+ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket;
+CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('');
+ALTER USER 'root'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('');
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+CREATE USER IF NOT EXISTS 'root'@'::1' IDENTIFIED VIA mysql_native_password USING PASSWORD('');
+ALTER USER 'root'@'::1' IDENTIFIED VIA mysql_native_password USING PASSWORD('');
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'::1' WITH GRANT OPTION;
+FLUSH PRIVILEGES;
+SQL
+    wait_for 15 "mariadb login as root over TCP" _my_try || return 1
+  fi
+
+  if ! _my_try test; then
+    say "mariadb: creating database test"
+    "$client" --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u root \
+      -e 'CREATE DATABASE IF NOT EXISTS test CHARACTER SET utf8mb4' || return 1
+  fi
+  wait_for 15 "mariadb database test" _my_try test || return 1
+  say "mariadb: ready (127.0.0.1:3306, root, database test)"
+}
+
+# Run directly: ensure the services named on the command line (default: all).
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  ensure_services "$@"
+fi
