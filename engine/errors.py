@@ -118,5 +118,7 @@ class ConnectionNotFound(FlowmillError):
 
 class SecretNotFound(FlowmillError):
     def __init__(self, name: str) -> None:
-        super().__init__(f"secret {name!r} is not defined (add it with `flowmill secret set {name}`)")
+        super().__init__(
+            f"secret {name!r} is not defined (add it with `flowmill secret set {name}`)"
+        )
         self.name = name

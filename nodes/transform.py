@@ -7,6 +7,7 @@ compiled once per node run; each record then costs one call per expression.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from engine.errors import ExpressionError
@@ -29,8 +30,9 @@ MAP_SCHEMA: dict[str, Any] = {
         "fields": {
             "type": "object",
             "title": "Fields",
-            "description": "Field name → expression, evaluated in order; a later expression "
-            "can use a field computed by an earlier one. Example: "
+            "description": "Field name → expression. An expression may use a field computed "
+            "by another one here (it is evaluated after it); an expression that reads its own "
+            "field name gets the incoming value. Example: "
             '{"gross": "round(price * markup, 2)", "name": "upper(trim(name))"}.',
             "minProperties": 1,
             "additionalProperties": {"type": "string", "format": "expression", "maxLength": 10000},
@@ -47,24 +49,48 @@ MAP_SCHEMA: dict[str, Any] = {
 }
 
 
+def evaluation_order(fields: dict[str, set[str]]) -> list[str]:
+    """Computed fields ordered so each comes after the computed fields it reads.
+
+    Flows are stored with sorted keys, so the order of ``fields`` in the file means
+    nothing; dependencies decide. A field reading its own name reads the input value.
+
+    Raises:
+        graphlib.CycleError: two computed fields read each other.
+    """
+    graph = {
+        name: {d for d in reads if d in fields and d != name} for name, reads in fields.items()
+    }
+    return list(TopologicalSorter(graph).static_order())
+
+
 def check_map(config: dict[str, Any]) -> list[ConfigProblem]:
     problems = []
+    reads: dict[str, set[str]] = {}
     for name, text in config.get("fields", {}).items():
         try:
             check_expression(text)
+            reads[name] = set(compile_expression(text).fields)
         except ExpressionError as exc:
             problems.append(_problem(f"fields.{name}", exc))
+    if not problems:
+        try:
+            evaluation_order(reads)
+        except CycleError as exc:
+            names = " → ".join(exc.args[1])
+            problems.append(ConfigProblem("fields", f"computed fields read each other: {names}"))
     return problems
 
 
 def map_fields(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
     """Compute fields per record; a record whose expression fails is rejected, not lost."""
-    exprs = [
-        (name, compile_expression(text, params=ctx.params))
-        for name, text in config["fields"].items()
-    ]
+    compiled = {
+        name: compile_expression(text, params=ctx.params) for name, text in config["fields"].items()
+    }
+    order = evaluation_order({name: set(expr.fields) for name, expr in compiled.items()})
+    exprs = [(name, compiled[name]) for name in order]
     keep = config["keep"]
-    names = [name for name, _ in exprs]
+    names = sorted(compiled)
 
     def stream() -> Iterator[Batch]:
         for batch in inputs["in"]:

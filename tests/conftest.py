@@ -38,7 +38,7 @@ def _server_database(admin_url: str, dialect: str) -> Iterator[str]:
         admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    except Exception as exc:  # noqa: BLE001 - any connect error means "service missing"
+    except Exception as exc:
         service_missing(dialect, exc)
     url = sa.make_url(admin_url).set(database=name)
     try:

@@ -108,12 +108,12 @@ def test_oversized_documents_are_rejected_before_parsing(tmp_path: Path):
         parse_flow_text(big)
     path = tmp_path / "big.flow.json"
     path.write_text(big)
-    with pytest.raises(FlowFormatError, match="big.flow.json"):
+    with pytest.raises(FlowFormatError, match=r"big\.flow\.json"):
         load_flow(path)
 
 
 def test_missing_file_names_the_path(tmp_path: Path):
-    with pytest.raises(FlowFormatError, match="nope.flow.json"):
+    with pytest.raises(FlowFormatError, match=r"nope\.flow\.json"):
         load_flow(tmp_path / "nope.flow.json")
 
 
