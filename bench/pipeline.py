@@ -116,6 +116,8 @@ def make_csv(path: Path, rows: int) -> None:
 def make_db(path: Path, rows: int) -> None:
     rnd = random.Random(2)
     con = sqlite3.connect(path)
+    # WAL lets one connection stream rows while another writes (both sides do that)
+    con.execute("PRAGMA journal_mode=WAL")
     con.execute("CREATE TABLE articles (sku TEXT PRIMARY KEY, name TEXT, price REAL)")
     for table in ("prices_flowmill", "prices_plain"):
         con.execute(
@@ -161,6 +163,7 @@ def csv_flow(src: Path, dst: Path) -> dict:
 
 
 def sql_flow(db: Path) -> dict:
+    """Default batch sizes (1,000), as a user would leave them."""
     url = f"sqlite:///{db}"
     return {
         "format": "flowmill/1",
@@ -172,7 +175,6 @@ def sql_flow(db: Path) -> dict:
                 "config": {
                     "url": url,
                     "query": "SELECT sku, name, price FROM articles",
-                    "batch_size": 10000,
                 },
             },
             {
@@ -188,7 +190,6 @@ def sql_flow(db: Path) -> dict:
                     "table": "prices_flowmill",
                     "mode": "upsert",
                     "key": ["sku"],
-                    "batch_size": 10000,
                 },
             },
         ],

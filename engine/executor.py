@@ -12,6 +12,7 @@ Everything it observes goes out as events on the bus; the run store records them
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import threading
@@ -51,7 +52,7 @@ from engine.params import expand_builtins, resolve_params, substitute
 from engine.registry import Registry
 from engine.spec import DEFAULT_BATCH_SIZE, ERROR_PORT, NodeSpec, RunContext
 from engine.streams import Inbox, NodeTimedOut, Spool, json_safe
-from engine.validate import validate_flow
+from engine.validate import config_issues, validate_flow
 
 __all__ = ["Executor", "NodeOutcome", "RunResult", "NodeLogger"]
 
@@ -61,6 +62,19 @@ SAMPLE_SIZE = 20
 MAX_LOG_LINES = 10_000
 PROGRESS_EVERY = 0.5  # seconds between progress events per node
 TIMEOUT_GRACE = 5.0  # seconds a timed-out node gets to stop before it is abandoned
+GC_GEN0_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Collect the young generation less often while records stream.
+
+    Records are plain dicts without cycles, but every one is a tracked container: with
+    the default threshold (700) the collector walks the batches waiting in the inboxes
+    over and over — 15-20 % of a CSV → map → CSV run. Only ever raised, never lowered.
+    """
+    gen0, gen1, gen2 = gc.get_threshold()
+    if gen0 < GC_GEN0_THRESHOLD:
+        gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 @dataclass
@@ -248,6 +262,7 @@ class Executor:
         if issues:
             raise FlowValidationError(flow.get("id") if isinstance(flow, dict) else None, issues)
         values = resolve_params(flow, params)
+        _tune_gc()
         run_id = run_id or uuid.uuid4().hex
         digest = flow_hash(flow)
         if self.store is not None:
@@ -398,10 +413,21 @@ class Executor:
             return
 
         raw_config = spec.with_defaults(node_run.node.get("config", {}))
-        try:
-            config = substitute(
-                raw_config, spec.full_schema(), {**builtins, **values}, self._secret
+        schema = spec.full_schema()
+        placeholders = {**builtins, **values}
+        # the run's param values can break a schema the defaults satisfied: check again,
+        # with secrets masked so no secret can end up in an error message
+        masked = substitute(raw_config, schema, placeholders, lambda _: "***")
+        problems = config_issues(node_id, masked, schema)
+        if problems:
+            self._finish_failed(
+                run,
+                node_run,
+                "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems),
             )
+            return
+        try:
+            config = substitute(raw_config, schema, placeholders, self._secret)
         except SecretNotFound as exc:
             self._finish_failed(run, node_run, str(exc))
             return

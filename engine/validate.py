@@ -22,7 +22,7 @@ from engine.params import BUILTIN_PLACEHOLDERS, param_defaults, placeholders_in,
 from engine.registry import Registry
 from engine.spec import ERROR_PORT
 
-__all__ = ["ValidationIssue", "validate_flow", "flow_schema"]
+__all__ = ["ValidationIssue", "validate_flow", "flow_schema", "config_issues"]
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,10 @@ def _schema_issues(flow: dict[str, Any]) -> list[ValidationIssue]:
     return issues
 
 
-def _config_issues(
+def config_issues(
     node_id: str, config: dict[str, Any], schema: dict[str, Any]
 ) -> list[ValidationIssue]:
+    """Problems of one node's config against its (full) JSON Schema."""
     cls = jsonschema.validators.validator_for(schema)
     validator = cls(schema, format_checker=None)
     issues = []
@@ -153,9 +154,9 @@ def validate_flow(flow: Any, registry: Registry) -> list[ValidationIssue]:
         probe = substitute(
             config, schema, {**{k: v for k, v in params.items() if v is not None}}, lambda _: "***"
         )
-        config_issues = _config_issues(node_id, probe, schema)
-        issues.extend(config_issues)
-        if spec.check is not None and not config_issues:
+        found = config_issues(node_id, probe, schema)
+        issues.extend(found)
+        if spec.check is not None and not found:
             for problem in spec.check(spec.with_defaults(config)):
                 issues.append(ValidationIssue(node_id, problem.field, problem.message))
 

@@ -59,13 +59,25 @@ _FIXED_COLUMN = {
     "type": "object",
     "title": "Fixed-width column",
     "properties": {
-        "name": {"type": "string", "minLength": 1, "title": "Name",
-                 "description": "Field name in the records."},
-        "start": {"type": "integer", "minimum": 1, "title": "Start",
-                  "description": "1-based position of the first character; leave out to "
-                  "start right after the previous column."},
-        "width": {"type": "integer", "minimum": 1, "title": "Width",
-                  "description": "Number of characters."},
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "title": "Name",
+            "description": "Field name in the records.",
+        },
+        "start": {
+            "type": "integer",
+            "minimum": 1,
+            "title": "Start",
+            "description": "1-based position of the first character; leave out to "
+            "start right after the previous column.",
+        },
+        "width": {
+            "type": "integer",
+            "minimum": 1,
+            "title": "Width",
+            "description": "Number of characters.",
+        },
     },
     "required": ["name", "width"],
     "additionalProperties": False,
@@ -256,8 +268,7 @@ WRITE_SCHEMA: dict[str, Any] = {
             "type": "boolean",
             "default": True,
             "title": "Overwrite",
-            "description": "Replace an existing file. Off: the node fails if the file "
-            "exists.",
+            "description": "Replace an existing file. Off: the node fails if the file exists.",
         },
         "extra_fields": {
             "type": "string",
@@ -312,26 +323,42 @@ def check_read(config: Mapping[str, Any]) -> list[ConfigProblem]:
     types = cfg["types"] or {}
     for name, kind in types.items():
         if kind not in FIELD_TYPES:
-            problems.append(ConfigProblem(
-                f"types.{name}", f"unknown type {kind!r} (use {', '.join(FIELD_TYPES)})"))
+            problems.append(
+                ConfigProblem(
+                    f"types.{name}", f"unknown type {kind!r} (use {', '.join(FIELD_TYPES)})"
+                )
+            )
     columns = cfg["columns"] or []
     if fmt == "fixed":
         if not columns:
-            problems.append(ConfigProblem("columns", "fixed-width files need columns "
-                                          "as {name, width} or {name, start, width}"))
+            problems.append(
+                ConfigProblem(
+                    "columns",
+                    "fixed-width files need columns as {name, width} or {name, start, width}",
+                )
+            )
         names = []
         for i, col in enumerate(columns):
-            ok = (isinstance(col, Mapping) and isinstance(col.get("name"), str)
-                  and _positive(col.get("width"))
-                  and (col.get("start") is None or _positive(col.get("start"))))
+            ok = (
+                isinstance(col, Mapping)
+                and isinstance(col.get("name"), str)
+                and _positive(col.get("width"))
+                and (col.get("start") is None or _positive(col.get("start")))
+            )
             if not ok:
-                problems.append(ConfigProblem(
-                    f"columns.{i}", f"needs a name and a width >= 1 (start >= 1), got {col!r}"))
+                problems.append(
+                    ConfigProblem(
+                        f"columns.{i}", f"needs a name and a width >= 1 (start >= 1), got {col!r}"
+                    )
+                )
             else:
                 names.append(col["name"])
         problems += _name_problems(names)
-        problems += [ConfigProblem(f"types.{n}", f"{n!r} is not one of the columns")
-                     for n in types if names and n not in names]
+        problems += [
+            ConfigProblem(f"types.{n}", f"{n!r} is not one of the columns")
+            for n in types
+            if names and n not in names
+        ]
     elif fmt == "csv":
         if not cfg["header"] and not columns:
             problems.append(ConfigProblem("columns", "header is off: list the column names"))
@@ -459,11 +486,14 @@ def _compile_records(
     converters are passed in as arguments, so data never becomes code.
     """
     items = ", ".join(
-        f"k{j}: c{j}({e})" if j in convert else f"k{j}: {e}" for j, e in enumerate(exprs))
+        f"k{j}: c{j}({e})" if j in convert else f"k{j}: {e}" for j, e in enumerate(exprs)
+    )
     keys = [f"k{j}" for j in range(len(names))]
     convs = [f"c{j}" for j in sorted(convert)]
-    source = (f"def make({', '.join([*keys, *convs])}):\n"
-              f"    return lambda rows: [{{{items}}} for r in rows]\n")
+    source = (
+        f"def make({', '.join([*keys, *convs])}):\n"
+        f"    return lambda rows: [{{{items}}} for r in rows]\n"
+    )
     namespace: dict[str, Any] = {}
     exec(compile(source, "<file.read records>", "exec"), namespace)
     return namespace["make"](*names, *(convert[j] for j in sorted(convert)))
@@ -478,15 +508,17 @@ class _Builder:
     typed: tuple[_Typed, ...]
 
     @classmethod
-    def create(cls, exprs: Sequence[str], names: Sequence[str],
-               typed: tuple[_Typed, ...]) -> _Builder:
+    def create(
+        cls, exprs: Sequence[str], names: Sequence[str], typed: tuple[_Typed, ...]
+    ) -> _Builder:
         plain = _compile_records(exprs, names, {})
         convert = {t.index: t.convert for t in typed}
         fast = _compile_records(exprs, names, convert) if typed else plain
         return cls(fast, plain, typed)
 
-    def build(self, rows: list[Any], bad: dict[int, str],
-              index: list[int] | None) -> tuple[Batch, list[int] | None]:
+    def build(
+        self, rows: list[Any], bad: dict[int, str], index: list[int] | None
+    ) -> tuple[Batch, list[int] | None]:
         """Records for ``rows``; rows whose values do not convert go into ``bad``.
 
         ``index`` maps a row to its position in the batch as read (None: the same);
@@ -551,11 +583,15 @@ class _ReadOptions:
 
     def typed(self, names: Sequence[str]) -> tuple[_Typed, ...]:
         return tuple(
-            _Typed(j, name, _text_converter(self.types[name], self.decimal_separator,
-                                            self.date_format),
-                   _expected(self.types[name], self.date_format))
+            _Typed(
+                j,
+                name,
+                _text_converter(self.types[name], self.decimal_separator, self.date_format),
+                _expected(self.types[name], self.date_format),
+            )
             for j, name in enumerate(names)
-            if self.types.get(name, "str") != "str")
+            if self.types.get(name, "str") != "str"
+        )
 
 
 def read_file(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
@@ -563,18 +599,29 @@ def read_file(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Output
     _raise_problems(ctx, check_read(config))
     cfg = {**_READ_DEFAULTS, **config}
     opts = _ReadOptions(
-        path=cfg["path"] or "", format=cfg["format"], encoding=cfg["encoding"],
-        delimiter=cfg["delimiter"], quotechar=cfg["quotechar"], header=bool(cfg["header"]),
-        columns=tuple(cfg["columns"] or ()), types=dict(cfg["types"] or {}),
-        decimal_separator=cfg["decimal_separator"], date_format=cfg["date_format"] or "",
-        skip_lines=cfg["skip_lines"], strip=bool(cfg["strip"]),
-        add_source=bool(cfg["add_source"]))
+        path=cfg["path"] or "",
+        format=cfg["format"],
+        encoding=cfg["encoding"],
+        delimiter=cfg["delimiter"],
+        quotechar=cfg["quotechar"],
+        header=bool(cfg["header"]),
+        columns=tuple(cfg["columns"] or ()),
+        types=dict(cfg["types"] or {}),
+        decimal_separator=cfg["decimal_separator"],
+        date_format=cfg["date_format"] or "",
+        skip_lines=cfg["skip_lines"],
+        strip=bool(cfg["strip"]),
+        add_source=bool(cfg["add_source"]),
+    )
     source = inputs.get("in")
     if source is not None:
         return {"out": _read_named(ctx, opts, source)}
     if not opts.path:
-        raise _error(ctx, "path: give a file or glob pattern, or connect the 'in' port to "
-                     "records whose 'path' field names the file")
+        raise _error(
+            ctx,
+            "path: give a file or glob pattern, or connect the 'in' port to "
+            "records whose 'path' field names the file",
+        )
     return {"out": _read_matches(ctx, opts)}
 
 
@@ -627,9 +674,12 @@ def _read_one(ctx: RunContext, opts: _ReadOptions, path: Path) -> Iterator[Batch
         except UnicodeDecodeError as exc:
             line = _undecodable_line(path, opts.open_encoding)
             at = f" line {line}" if line else ""
-            raise _error(ctx, f"{name}{at}: cannot be decoded as {opts.encoding} "
-                         f"({exc.reason}); set 'encoding' to the file's encoding "
-                         "(Windows exports are often cp1252)") from exc
+            raise _error(
+                ctx,
+                f"{name}{at}: cannot be decoded as {opts.encoding} "
+                f"({exc.reason}); set 'encoding' to the file's encoding "
+                "(Windows exports are often cp1252)",
+            ) from exc
 
 
 def _undecodable_line(path: Path, encoding: str) -> int | None:
@@ -654,8 +704,12 @@ def _positions(index: list[int] | None, records: Batch) -> Iterable[int]:
     return range(len(records)) if index is None else index
 
 
-def _reject_lines(ctx: RunContext, name: str, bad: Mapping[int, str],
-                  spots: Sequence[tuple[int, str]] | Mapping[int, tuple[int, str]]) -> None:
+def _reject_lines(
+    ctx: RunContext,
+    name: str,
+    bad: Mapping[int, str],
+    spots: Sequence[tuple[int, str]] | Mapping[int, tuple[int, str]],
+) -> None:
     """Hand each bad row to ctx.reject; ``spots`` gives its (line number, raw text)."""
     for i in sorted(bad):
         line, raw = spots[i]
@@ -697,8 +751,7 @@ def _read_csv(ctx: RunContext, opts: _ReadOptions, name: str, f: IO[str]) -> Ite
         names = _csv_names(ctx, opts, name, reader)
         if names is None:
             return
-        builder = _Builder.create([f"r[{j}]" for j in range(len(names))], names,
-                                  opts.typed(names))
+        builder = _Builder.create([f"r[{j}]" for j in range(len(names))], names, opts.typed(names))
         width, size = len(names), ctx.batch_size
         start = reader.line_num
         while True:
@@ -727,16 +780,20 @@ def _read_csv(ctx: RunContext, opts: _ReadOptions, name: str, f: IO[str]) -> Ite
                 _reject_lines(ctx, name, bad, spots)
             if opts.add_source:
                 positions = _positions(index, records)
-                _add_source(records, name, [spots[i][0] for i in positions] if spots else
-                            [offset + start + i + 1 for i in positions])
+                _add_source(
+                    records,
+                    name,
+                    [spots[i][0] for i in positions]
+                    if spots
+                    else [offset + start + i + 1 for i in positions],
+                )
             start = end
             yield from _emit(ctx, records)
     except csv.Error as exc:
         raise _error(ctx, f"{name} line {offset + reader.line_num}: {exc}") from exc
 
 
-def _csv_names(ctx: RunContext, opts: _ReadOptions, name: str,
-               reader: Any) -> list[str] | None:
+def _csv_names(ctx: RunContext, opts: _ReadOptions, name: str, reader: Any) -> list[str] | None:
     names = list(opts.columns)
     if opts.header:
         header = next((row for row in reader if row), None)
@@ -746,16 +803,24 @@ def _csv_names(ctx: RunContext, opts: _ReadOptions, name: str,
         if not names:
             names = header
         elif len(names) != len(header):
-            raise _error(ctx, f"columns: {len(names)} names given, but the header of {name} "
-                         f"has {len(header)} fields ({', '.join(header)})")
+            raise _error(
+                ctx,
+                f"columns: {len(names)} names given, but the header of {name} "
+                f"has {len(header)} fields ({', '.join(header)})",
+            )
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise _error(ctx, f"{name}: column {twice[0]!r} appears twice in the header; "
-                     "give unique names in 'columns'")
+        raise _error(
+            ctx,
+            f"{name}: column {twice[0]!r} appears twice in the header; "
+            "give unique names in 'columns'",
+        )
     unknown = [n for n in opts.types if n not in names]
     if unknown:
-        raise _error(ctx, f"types: field {unknown[0]!r} is not a column of {name} "
-                     f"(columns: {', '.join(names)})")
+        raise _error(
+            ctx,
+            f"types: field {unknown[0]!r} is not a column of {name} (columns: {', '.join(names)})",
+        )
     return names
 
 
@@ -769,8 +834,7 @@ def _span(chunks: Iterable[tuple[int, list[str]]], lo: int, hi: int) -> list[str
     return out
 
 
-def _locate_csv(lines: list[str], dialect: Mapping[str, str],
-                base: int) -> list[tuple[int, str]]:
+def _locate_csv(lines: list[str], dialect: Mapping[str, str], base: int) -> list[tuple[int, str]]:
     """(line number, raw text) of every record in ``lines``: parse them again, one by one."""
     reader = csv.reader(lines, **dialect)
     spots: list[tuple[int, str]] = []
@@ -787,8 +851,9 @@ def _read_fixed(ctx: RunContext, opts: _ReadOptions, name: str, f: IO[str]) -> I
     exprs: list[str] = []
     need = pos = 0
     for col in opts.columns:
-        start = col["start"] - 1 if col.get("start") is not None else pos
-        pos = start + col["width"]
+        # int(): these numbers become source text in _compile_records, nothing else may
+        start = int(col["start"]) - 1 if col.get("start") is not None else pos
+        pos = start + int(col["width"])
         need = max(need, pos)
         names.append(col["name"])
         exprs.append(f"r[{start}:{pos}].strip()" if opts.strip else f"r[{start}:{pos}]")
@@ -843,8 +908,11 @@ def _read_jsonl(ctx: RunContext, opts: _ReadOptions, name: str, f: IO[str]) -> I
                 try:
                     value = loads(line)
                 except (ValueError, RecursionError) as exc:
-                    detail = f"{exc.msg} at column {exc.colno}" if isinstance(
-                        exc, json.JSONDecodeError) else str(exc)
+                    detail = (
+                        f"{exc.msg} at column {exc.colno}"
+                        if isinstance(exc, json.JSONDecodeError)
+                        else str(exc)
+                    )
                     bad[i] = f"invalid JSON: {detail}"
                     continue
                 if isinstance(value, dict):
@@ -867,8 +935,11 @@ def _read_json(ctx: RunContext, opts: _ReadOptions, name: str, f: IO[str]) -> It
     try:
         data = json.load(f)
     except json.JSONDecodeError as exc:
-        raise _error(ctx, f"{name} line {exc.lineno + opts.skip_lines} column {exc.colno}: "
-                     f"invalid JSON: {exc.msg}") from exc
+        raise _error(
+            ctx,
+            f"{name} line {exc.lineno + opts.skip_lines} column {exc.colno}: "
+            f"invalid JSON: {exc.msg}",
+        ) from exc
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
@@ -876,22 +947,30 @@ def _read_json(ctx: RunContext, opts: _ReadOptions, name: str, f: IO[str]) -> It
     typed = _json_typed(opts)
     size = ctx.batch_size
     for first in range(0, len(data), size):
-        items = data[first:first + size]
+        items = data[first : first + size]
         bad: dict[int, str] = {}
         index: list[int] | None = None
         records: Batch = items
         if not all(map(isinstance, items, repeat(dict))):
             index = [i for i, item in enumerate(items) if isinstance(item, dict)]
             records = [items[i] for i in index]
-            bad = {i: f"expected a JSON object, got {type(item).__name__}"
-                   for i, item in enumerate(items) if not isinstance(item, dict)}
+            bad = {
+                i: f"expected a JSON object, got {type(item).__name__}"
+                for i, item in enumerate(items)
+                if not isinstance(item, dict)
+            }
         if typed:
             records, index = _coerce_json(records, typed, bad, index)
         for i in sorted(bad):
             item = first + i + 1
-            ctx.reject({"_file": name, "_item": item,
-                        "_raw": json.dumps(items[i], ensure_ascii=False, default=str)},
-                       f"{name} item {item}: {bad[i]}")
+            ctx.reject(
+                {
+                    "_file": name,
+                    "_item": item,
+                    "_raw": json.dumps(items[i], ensure_ascii=False, default=str),
+                },
+                f"{name} item {item}: {bad[i]}",
+            )
         if opts.add_source:
             for record, i in zip(records, _positions(index, records), strict=True):
                 record["_file"] = name
@@ -901,14 +980,19 @@ def _read_json(ctx: RunContext, opts: _ReadOptions, name: str, f: IO[str]) -> It
 
 def _json_typed(opts: _ReadOptions) -> tuple[_Typed, ...]:
     return tuple(
-        _Typed(0, name, _json_coercer(kind, _text_converter(kind, opts.decimal_separator,
-                                                            opts.date_format)),
-               _expected(kind, opts.date_format))
-        for name, kind in opts.types.items())
+        _Typed(
+            0,
+            name,
+            _json_coercer(kind, _text_converter(kind, opts.decimal_separator, opts.date_format)),
+            _expected(kind, opts.date_format),
+        )
+        for name, kind in opts.types.items()
+    )
 
 
-def _coerce_json(records: Batch, typed: tuple[_Typed, ...], bad: dict[int, str],
-                 index: list[int] | None) -> tuple[Batch, list[int] | None]:
+def _coerce_json(
+    records: Batch, typed: tuple[_Typed, ...], bad: dict[int, str], index: list[int] | None
+) -> tuple[Batch, list[int] | None]:
     positions = index if index is not None else range(len(records))
     kept: list[int] = []
     out: Batch = []
@@ -957,11 +1041,17 @@ def write_file(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outpu
     _raise_problems(ctx, check_write(config))
     cfg = {**_WRITE_DEFAULTS, **config}
     opts = _WriteOptions(
-        path=cfg["path"], format=cfg["format"], encoding=cfg["encoding"],
-        delimiter=cfg["delimiter"], header=bool(cfg["header"]),
-        columns=tuple(cfg["columns"] or ()), decimal_separator=cfg["decimal_separator"],
-        date_format=cfg["date_format"] or "", overwrite=bool(cfg["overwrite"]),
-        extra_fields=cfg["extra_fields"])
+        path=cfg["path"],
+        format=cfg["format"],
+        encoding=cfg["encoding"],
+        delimiter=cfg["delimiter"],
+        header=bool(cfg["header"]),
+        columns=tuple(cfg["columns"] or ()),
+        decimal_separator=cfg["decimal_separator"],
+        date_format=cfg["date_format"] or "",
+        overwrite=bool(cfg["overwrite"]),
+        extra_fields=cfg["extra_fields"],
+    )
     return {"out": _write(ctx, opts, inputs.get("in", ()))}
 
 
@@ -975,8 +1065,9 @@ def _write(ctx: RunContext, opts: _WriteOptions, stream: Stream) -> Iterator[Bat
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _error(ctx, f"path: cannot create folder {final.parent}: "
-                     f"{exc.strerror or exc}") from exc
+        raise _error(
+            ctx, f"path: cannot create folder {final.parent}: {exc.strerror or exc}"
+        ) from exc
     tmp, handle = _create_temp(ctx, final, opts.encoding)
     try:
         with handle:
@@ -1001,8 +1092,9 @@ def _create_temp(ctx: RunContext, final: Path, encoding: str) -> tuple[Path, IO[
         except FileExistsError:
             continue
         except OSError as exc:
-            raise _error(ctx, f"path: cannot write in {final.parent}: "
-                         f"{exc.strerror or exc}") from exc
+            raise _error(
+                ctx, f"path: cannot write in {final.parent}: {exc.strerror or exc}"
+            ) from exc
         try:
             if hasattr(os, "fchmod") and final.exists():
                 os.fchmod(fd, stat.S_IMODE(final.stat().st_mode))
@@ -1086,8 +1178,9 @@ def _csv_value(opts: _WriteOptions) -> Callable[[Any], Any]:
     return value
 
 
-def _without_extras(ctx: RunContext, batch: Batch, columns: Sequence[str], label: str,
-                    seen: int) -> Batch:
+def _without_extras(
+    ctx: RunContext, batch: Batch, columns: Sequence[str], label: str, seen: int
+) -> Batch:
     allowed = frozenset(columns)
     if all(map(allowed.issuperset, batch)):
         return batch
@@ -1095,16 +1188,18 @@ def _without_extras(ctx: RunContext, batch: Batch, columns: Sequence[str], label
     for i, record in enumerate(batch):
         extra = [k for k in record if k not in allowed]
         if extra:
-            ctx.reject(record, f"{label} record {seen + i + 1}: field "
-                       f"{', '.join(map(repr, extra))} is not among the columns "
-                       f"({', '.join(columns)}); set extra_fields to 'ignore' to drop it")
+            ctx.reject(
+                record,
+                f"{label} record {seen + i + 1}: field "
+                f"{', '.join(map(repr, extra))} is not among the columns "
+                f"({', '.join(columns)}); set extra_fields to 'ignore' to drop it",
+            )
         else:
             kept.append(record)
     return kept
 
 
-def _write_csv(ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Stream,
-               label: str) -> int:
+def _write_csv(ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Stream, label: str) -> int:
     lines = _Lines()
     writer = csv.writer(lines, delimiter=opts.delimiter, lineterminator="\r\n")
     plain = {str, int, bool, type(None)} | ({float} if opts.decimal_separator == "." else set())
@@ -1119,8 +1214,9 @@ def _write_csv(ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Stream,
             try:
                 header.encode(opts.encoding)
             except UnicodeEncodeError as exc:
-                raise _error(ctx, f"columns: the header {header!r} cannot be written as "
-                             f"{opts.encoding}") from exc
+                raise _error(
+                    ctx, f"columns: the header {header!r} cannot be written as {opts.encoding}"
+                ) from exc
             lines.clear()
             writer.writerow(columns)
             f.write(lines[0])
@@ -1152,8 +1248,9 @@ def _write_csv(ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Stream,
             f.write("".join(lines))
             written += len(rows)
         except UnicodeEncodeError:
-            written += _write_encodable(ctx, f, lines, batch, rows, columns, opts.encoding,
-                                        label, seen)
+            written += _write_encodable(
+                ctx, f, lines, batch, rows, columns, opts.encoding, label, seen
+            )
         seen += count
         ctx.progress(count)
     if getter is None and columns:
@@ -1161,34 +1258,53 @@ def _write_csv(ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Stream,
     return written
 
 
-def _write_encodable(ctx: RunContext, f: IO[str], lines: list[str], batch: Batch,
-                     rows: list[Any], columns: Sequence[str], encoding: str, label: str,
-                     seen: int) -> int:
+def _write_encodable(
+    ctx: RunContext,
+    f: IO[str],
+    lines: list[str],
+    batch: Batch,
+    rows: list[Any],
+    columns: Sequence[str],
+    encoding: str,
+    label: str,
+    seen: int,
+) -> int:
     """Write the lines the encoding can hold; reject the records it cannot."""
     good: list[str] = []
     for i, line in enumerate(lines):
         try:
             line.encode(encoding)
         except UnicodeEncodeError as exc:
-            char = exc.object[exc.start:exc.end]
-            field = next((c for c, v in zip(columns, rows[i], strict=True)
-                          if v is not None and char in str(v)), "?")
-            ctx.reject(batch[i], f"{label} record {seen + i + 1}: field {field!r}: "
-                       f"{char!r} cannot be written as {encoding}")
+            char = exc.object[exc.start : exc.end]
+            field = next(
+                (
+                    c
+                    for c, v in zip(columns, rows[i], strict=True)
+                    if v is not None and char in str(v)
+                ),
+                "?",
+            )
+            ctx.reject(
+                batch[i],
+                f"{label} record {seen + i + 1}: field {field!r}: "
+                f"{char!r} cannot be written as {encoding}",
+            )
         else:
             good.append(line)
     f.write("".join(good))
     return len(good)
 
 
-def _json_parts(ctx: RunContext, opts: _WriteOptions, stream: Stream,
-                label: str) -> Iterator[list[str]]:
+def _json_parts(
+    ctx: RunContext, opts: _WriteOptions, stream: Stream, label: str
+) -> Iterator[list[str]]:
     """Each batch as encoded JSON texts, one per record; records that cannot be encoded
     are rejected."""
     # outside UTF encodings, \\u escapes keep every character writable
     ascii_only = not codecs.lookup(opts.encoding).name.startswith("utf")
-    encode = json.JSONEncoder(ensure_ascii=ascii_only, allow_nan=False,
-                              default=_json_default(opts.date_format)).encode
+    encode = json.JSONEncoder(
+        ensure_ascii=ascii_only, allow_nan=False, default=_json_default(opts.date_format)
+    ).encode
     columns = opts.columns
     seen = 0
     for batch in stream:
@@ -1213,8 +1329,9 @@ def _json_parts(ctx: RunContext, opts: _WriteOptions, stream: Stream,
         yield parts
 
 
-def _write_jsonl(ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Stream,
-                 label: str) -> int:
+def _write_jsonl(
+    ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Stream, label: str
+) -> int:
     written = 0
     for parts in _json_parts(ctx, opts, stream, label):
         if parts:
@@ -1224,8 +1341,9 @@ def _write_jsonl(ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Strea
     return written
 
 
-def _write_json(ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Stream,
-                label: str) -> int:
+def _write_json(
+    ctx: RunContext, opts: _WriteOptions, f: IO[str], stream: Stream, label: str
+) -> int:
     written = 0
     f.write("[")
     for parts in _json_parts(ctx, opts, stream, label):

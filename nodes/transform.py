@@ -11,7 +11,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from engine.errors import ExpressionError
-from engine.expressions import check_expression, compile_expression
+from engine.expressions import check_expression, compile_expression, compile_map
 from engine.spec import Batch, ConfigProblem, Inputs, NodeSpec, Outputs, RunContext
 
 __all__ = ["NODES", "MAP", "FILTER", "SELECT"]
@@ -84,27 +84,19 @@ def check_map(config: dict[str, Any]) -> list[ConfigProblem]:
 
 def map_fields(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
     """Compute fields per record; a record whose expression fails is rejected, not lost."""
-    compiled = {
-        name: compile_expression(text, params=ctx.params) for name, text in config["fields"].items()
+    fields: dict[str, str] = config["fields"]
+    reads = {
+        name: set(compile_expression(text, params=ctx.params).fields)
+        for name, text in fields.items()
     }
-    order = evaluation_order({name: set(expr.fields) for name, expr in compiled.items()})
-    exprs = [(name, compiled[name]) for name in order]
-    keep = config["keep"]
-    names = sorted(compiled)
+    order = evaluation_order(reads)
+    mapper = compile_map(
+        [(name, fields[name]) for name in order], params=ctx.params, keep=config["keep"]
+    )
 
     def stream() -> Iterator[Batch]:
         for batch in inputs["in"]:
-            out = []
-            append = out.append
-            for record in batch:
-                work = dict(record)
-                try:
-                    for name, fn in exprs:
-                        work[name] = fn(work)
-                except ExpressionError as exc:
-                    ctx.reject(record, f"field {name!r}: {exc}")
-                    continue
-                append(work if keep else {n: work[n] for n in names})
+            out = mapper.map_batch(batch, ctx.reject)
             ctx.progress(len(batch))
             yield out
 

@@ -88,7 +88,7 @@ def _spec(type_: str, run: Any, inputs: tuple[str, ...] = ("in",)) -> NodeSpec:
         category="test",
         inputs=inputs,
         outputs=("out",),
-        config_schema={"type": "object"},
+        config_schema={"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}},
         run=run,
     )
 
@@ -349,3 +349,16 @@ def test_node_finished_events_carry_counts(executor, events):
     done = {e.node_id: e for e in events if isinstance(e, NodeFinished)}
     assert done["src"].records_out == {"out": 42}
     assert done["dst"].records_in == {"in": 42}
+
+
+def test_param_value_that_breaks_the_schema_fails_the_node_naming_the_field(executor):
+    f = flow(
+        [node("src", "test.source", n="${count}"), node("dst", "test.sink")],
+        [edge("src", "dst")],
+        params={"count": {"type": "integer", "default": 5}},
+    )
+    assert executor.run(f).ok
+    result = executor.run(f, {"count": "-3"})
+    assert result.state == "failed" and result.error_node == "src"
+    assert result.error.startswith("n: -3 is less than the minimum of 0")
+    assert result.nodes["dst"].state == "skipped"

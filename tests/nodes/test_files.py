@@ -36,15 +36,33 @@ def write_text(path: Path, text: str, encoding: str = "utf-8") -> Path:
 def test_german_erp_export_reads_typed_records(tmp_path: Path) -> None:
     export = write_text(tmp_path / "export.csv", ERP_EXPORT, "cp1252")
 
-    result = run_node(FILE_READ, {
-        "path": str(export), "encoding": "cp1252", "delimiter": ";", "types": ERP_TYPES,
-        "decimal_separator": ",", "date_format": "%d.%m.%Y"})
+    result = run_node(
+        FILE_READ,
+        {
+            "path": str(export),
+            "encoding": "cp1252",
+            "delimiter": ";",
+            "types": ERP_TYPES,
+            "decimal_separator": ",",
+            "date_format": "%d.%m.%Y",
+        },
+    )
 
     assert result["out"] == [
-        {"Kunde": "Müller GmbH", "Artikel": "Größe XL", "Menge": 1200,
-         "Preis": Decimal("1234.56"), "Datum": date(2024, 1, 31)},
-        {"Kunde": "Jürgen Weiß", "Artikel": "Maßband", "Menge": 3,
-         "Preis": Decimal("-0.50"), "Datum": date(2024, 2, 1)},
+        {
+            "Kunde": "Müller GmbH",
+            "Artikel": "Größe XL",
+            "Menge": 1200,
+            "Preis": Decimal("1234.56"),
+            "Datum": date(2024, 1, 31),
+        },
+        {
+            "Kunde": "Jürgen Weiß",
+            "Artikel": "Maßband",
+            "Menge": 3,
+            "Preis": Decimal("-0.50"),
+            "Datum": date(2024, 2, 1),
+        },
     ]
     assert result["error"] == []
 
@@ -60,43 +78,73 @@ def test_utf8_bom_is_not_part_of_the_first_header(tmp_path: Path) -> None:
 def test_headerless_csv_uses_configured_columns_and_skips_lines(tmp_path: Path) -> None:
     export = write_text(tmp_path / "raw.csv", "EXPORT 2024-01-31\nA1,2,9.5\n\nB2,3,1e3\n")
 
-    result = run_node(FILE_READ, {
-        "path": str(export), "header": False, "skip_lines": 1,
-        "columns": ["sku", "qty", "price"], "types": {"qty": "int", "price": "float"}})
+    result = run_node(
+        FILE_READ,
+        {
+            "path": str(export),
+            "header": False,
+            "skip_lines": 1,
+            "columns": ["sku", "qty", "price"],
+            "types": {"qty": "int", "price": "float"},
+        },
+    )
 
-    assert result["out"] == [{"sku": "A1", "qty": 2, "price": 9.5},
-                             {"sku": "B2", "qty": 3, "price": 1000.0}]
+    assert result["out"] == [
+        {"sku": "A1", "qty": 2, "price": 9.5},
+        {"sku": "B2", "qty": 3, "price": 1000.0},
+    ]
 
 
 def test_empty_typed_values_become_null(tmp_path: Path) -> None:
     export = write_text(tmp_path / "gaps.csv", "sku,qty,due\nA1,,2024-01-31\nB2,4, \n")
 
-    result = run_node(FILE_READ, {"path": str(export),
-                                  "types": {"qty": "int", "due": "date"}})
+    result = run_node(FILE_READ, {"path": str(export), "types": {"qty": "int", "due": "date"}})
 
-    assert result["out"] == [{"sku": "A1", "qty": None, "due": date(2024, 1, 31)},
-                             {"sku": "B2", "qty": 4, "due": None}]
+    assert result["out"] == [
+        {"sku": "A1", "qty": None, "due": date(2024, 1, 31)},
+        {"sku": "B2", "qty": 4, "due": None},
+    ]
 
 
 def test_fixed_width_with_consecutive_columns(tmp_path: Path) -> None:
     export = write_text(tmp_path / "stock.txt", "A100  Schraube   00012\nB7    Mutter     00300\n")
 
-    result = run_node(FILE_READ, {
-        "path": str(export), "format": "fixed", "types": {"qty": "int"},
-        "columns": [{"name": "sku", "width": 6}, {"name": "name", "width": 11},
-                    {"name": "qty", "width": 5}]})
+    result = run_node(
+        FILE_READ,
+        {
+            "path": str(export),
+            "format": "fixed",
+            "types": {"qty": "int"},
+            "columns": [
+                {"name": "sku", "width": 6},
+                {"name": "name", "width": 11},
+                {"name": "qty", "width": 5},
+            ],
+        },
+    )
 
-    assert result["out"] == [{"sku": "A100", "name": "Schraube", "qty": 12},
-                             {"sku": "B7", "name": "Mutter", "qty": 300}]
+    assert result["out"] == [
+        {"sku": "A100", "name": "Schraube", "qty": 12},
+        {"sku": "B7", "name": "Mutter", "qty": 300},
+    ]
 
 
 def test_fixed_width_with_start_positions_and_without_strip(tmp_path: Path) -> None:
     export = write_text(tmp_path / "stock.txt", "XXA100 ..  12\nXXB7   ..   3\n")
 
-    result = run_node(FILE_READ, {
-        "path": str(export), "format": "fixed", "strip": False, "add_source": True,
-        "columns": [{"name": "qty", "start": 10, "width": 4},
-                    {"name": "sku", "start": 3, "width": 5}]})
+    result = run_node(
+        FILE_READ,
+        {
+            "path": str(export),
+            "format": "fixed",
+            "strip": False,
+            "add_source": True,
+            "columns": [
+                {"name": "qty", "start": 10, "width": 4},
+                {"name": "sku", "start": 3, "width": 5},
+            ],
+        },
+    )
 
     assert result["out"] == [
         {"qty": "  12", "sku": "A100 ", "_file": str(export), "_line": 1},
@@ -107,9 +155,15 @@ def test_fixed_width_with_start_positions_and_without_strip(tmp_path: Path) -> N
 def test_fixed_width_line_too_short_goes_to_error(tmp_path: Path) -> None:
     export = write_text(tmp_path / "stock.txt", "A100  00012\nB7  0\nC9    00001\n")
 
-    result = run_node(FILE_READ, {
-        "path": str(export), "format": "fixed", "on_error": "route",
-        "columns": [{"name": "sku", "width": 6}, {"name": "qty", "width": 5}]})
+    result = run_node(
+        FILE_READ,
+        {
+            "path": str(export),
+            "format": "fixed",
+            "on_error": "route",
+            "columns": [{"name": "sku", "width": 6}, {"name": "qty", "width": 5}],
+        },
+    )
 
     assert [r["sku"] for r in result["out"]] == ["A100", "C9"]
     [bad] = result["error"]
@@ -118,14 +172,18 @@ def test_fixed_width_line_too_short_goes_to_error(tmp_path: Path) -> None:
 
 
 def test_jsonl_reads_objects_and_types(tmp_path: Path) -> None:
-    export = write_text(tmp_path / "orders.jsonl",
-                        '{"id": 1, "total": "12.50"}\n\n{"id": 2, "total": 3.1}\n')
+    export = write_text(
+        tmp_path / "orders.jsonl", '{"id": 1, "total": "12.50"}\n\n{"id": 2, "total": 3.1}\n'
+    )
 
-    result = run_node(FILE_READ, {"path": str(export), "format": "jsonl",
-                                  "types": {"total": "decimal"}})
+    result = run_node(
+        FILE_READ, {"path": str(export), "format": "jsonl", "types": {"total": "decimal"}}
+    )
 
-    assert result["out"] == [{"id": 1, "total": Decimal("12.50")},
-                             {"id": 2, "total": Decimal("3.1")}]
+    assert result["out"] == [
+        {"id": 1, "total": Decimal("12.50")},
+        {"id": 2, "total": Decimal("3.1")},
+    ]
 
 
 def test_jsonl_invalid_line_and_non_object_are_routed(tmp_path: Path) -> None:
@@ -140,25 +198,31 @@ def test_jsonl_invalid_line_and_non_object_are_routed(tmp_path: Path) -> None:
 
 
 def test_jsonl_type_errors_name_their_own_line(tmp_path: Path) -> None:
-    export = write_text(tmp_path / "orders.jsonl",
-                        '{"qty": 1}\nnot json\n{"qty": "x"}\n{"qty": 2.5}\n{"qty": "4"}\n')
+    export = write_text(
+        tmp_path / "orders.jsonl",
+        '{"qty": 1}\nnot json\n{"qty": "x"}\n{"qty": 2.5}\n{"qty": "4"}\n',
+    )
 
-    result = run_node(FILE_READ, {"path": str(export), "format": "jsonl", "on_error": "route",
-                                  "types": {"qty": "int"}})
+    result = run_node(
+        FILE_READ,
+        {"path": str(export), "format": "jsonl", "on_error": "route", "types": {"qty": "int"}},
+    )
 
     assert result["out"] == [{"qty": 1}, {"qty": 4}]
     assert [(e["_line"], e["_error"].split(": ", 1)[1]) for e in result["error"]] == [
         (2, "invalid JSON: Expecting value at column 1"),
         (3, "field 'qty': 'x' is not an int"),
-        (4, "field 'qty': 2.5 is not an int")]
+        (4, "field 'qty': 2.5 is not an int"),
+    ]
 
 
 def test_json_array_reads_records_in_batches(tmp_path: Path) -> None:
     export = tmp_path / "items.json"
     export.write_text(json.dumps([{"n": i} for i in range(5)] + [7]))
 
-    result = run_node(FILE_READ, {"path": str(export), "format": "json", "on_error": "route"},
-                      batch_size=2)
+    result = run_node(
+        FILE_READ, {"path": str(export), "format": "json", "on_error": "route"}, batch_size=2
+    )
 
     assert result["out"] == [{"n": i} for i in range(5)]
     assert result.batches["out"] == 3
@@ -173,8 +237,11 @@ def test_glob_reads_every_match_in_sorted_order(tmp_path: Path) -> None:
     result = run_node(FILE_READ, {"path": str(tmp_path / "sales_*.csv"), "add_source": True})
 
     assert [(Path(r["_file"]).name, r["_line"], r["n"]) for r in result["out"]] == [
-        ("sales_01.csv", 2, "1"), ("sales_01.csv", 3, "2"),
-        ("sales_02.csv", 2, "3"), ("sales_02.csv", 3, "4")]
+        ("sales_01.csv", 2, "1"),
+        ("sales_01.csv", 3, "2"),
+        ("sales_02.csv", 2, "3"),
+        ("sales_02.csv", 3, "4"),
+    ]
 
 
 def test_batches_honour_batch_size(tmp_path: Path) -> None:
@@ -182,8 +249,11 @@ def test_batches_honour_batch_size(tmp_path: Path) -> None:
     batches: list[int] = []
 
     result = run_node(FILE_READ, {"path": str(export)}, batch_size=10)
-    ctx_out = FILE_READ.run(_ctx(batch_size=10, progress=batches.append),
-                            FILE_READ.with_defaults({"path": str(export)}), {})
+    ctx_out = FILE_READ.run(
+        _ctx(batch_size=10, progress=batches.append),
+        FILE_READ.with_defaults({"path": str(export)}),
+        {},
+    )
 
     assert len(result["out"]) == 25
     assert result.batches["out"] == 3
@@ -192,16 +262,27 @@ def test_batches_honour_batch_size(tmp_path: Path) -> None:
 
 
 def test_bad_lines_go_to_error_port_and_reading_goes_on(tmp_path: Path) -> None:
-    export = write_text(tmp_path / "sales.csv",
-                        'sku,qty,note\nA1,2,ok\nB2,abc,x\nC3,1\nD4,5,"two\nlines"\nE5,x,"a\nb"\nF6,7,z\n')
+    export = write_text(
+        tmp_path / "sales.csv",
+        'sku,qty,note\nA1,2,ok\nB2,abc,x\nC3,1\nD4,5,"two\nlines"\nE5,x,"a\nb"\nF6,7,z\n',
+    )
 
-    result = run_node(FILE_READ, {"path": str(export), "on_error": "route",
-                                  "types": {"qty": "int"}, "add_source": True}, batch_size=4)
+    result = run_node(
+        FILE_READ,
+        {"path": str(export), "on_error": "route", "types": {"qty": "int"}, "add_source": True},
+        batch_size=4,
+    )
 
     assert [(r["sku"], r["qty"], r["_line"]) for r in result["out"]] == [
-        ("A1", 2, 2), ("D4", 5, 5), ("F6", 7, 9)]
+        ("A1", 2, 2),
+        ("D4", 5, 5),
+        ("F6", 7, 9),
+    ]
     assert [(e["_line"], e["_raw"]) for e in result["error"]] == [
-        (3, "B2,abc,x"), (4, "C3,1"), (7, 'E5,x,"a\nb"')]
+        (3, "B2,abc,x"),
+        (4, "C3,1"),
+        (7, 'E5,x,"a\nb"'),
+    ]
     errors = [e["_error"] for e in result["error"]]
     assert errors[0] == f"{export} line 3: field 'qty': 'abc' is not an int"
     assert errors[1] == f"{export} line 4: expected 3 fields, got 2"
@@ -218,10 +299,14 @@ def test_bad_line_fails_the_node_naming_file_and_line(tmp_path: Path) -> None:
 def test_bad_date_names_the_expected_format(tmp_path: Path) -> None:
     export = write_text(tmp_path / "d.csv", "d\n2024-01-31\n")
 
-    with pytest.raises(RecordError, match=r"d\.csv line 2: field 'd': '2024-01-31' is not a "
-                       r"date \(expected %d\.%m\.%Y\)"):
-        run_node(FILE_READ, {"path": str(export), "types": {"d": "date"},
-                             "date_format": "%d.%m.%Y"})
+    with pytest.raises(
+        RecordError,
+        match=r"d\.csv line 2: field 'd': '2024-01-31' is not a "
+        r"date \(expected %d\.%m\.%Y\)",
+    ):
+        run_node(
+            FILE_READ, {"path": str(export), "types": {"d": "date"}, "date_format": "%d.%m.%Y"}
+        )
 
 
 def test_missing_file_and_empty_glob_name_the_path(tmp_path: Path) -> None:
@@ -245,35 +330,57 @@ def test_wrong_encoding_names_file_and_line(tmp_path: Path) -> None:
 def test_unknown_type_field_and_bad_config_are_named(tmp_path: Path) -> None:
     export = write_text(tmp_path / "a.csv", "sku,qty\nA,1\n")
 
-    with pytest.raises(NodeError, match=r"types: field 'qtty' is not a column of .*a\.csv "
-                       r"\(columns: sku, qty\)"):
+    with pytest.raises(
+        NodeError,
+        match=r"types: field 'qtty' is not a column of .*a\.csv "
+        r"\(columns: sku, qty\)",
+    ):
         run_node(FILE_READ, {"path": str(export), "types": {"qtty": "int"}})
     assert [p.field for p in check_read({"format": "fixed"})] == ["columns"]
     assert [p.field for p in check_read({"header": False, "encoding": "klingon"})] == [
-        "encoding", "columns"]
+        "encoding",
+        "columns",
+    ]
 
 
 def test_in_port_reads_the_file_each_record_names(tmp_path: Path) -> None:
     first = write_text(tmp_path / "drop [1].csv", "n\n1\n")
     second = write_text(tmp_path / "drop2.csv", "n\n2\n3\n")
-    drops = [{"path": str(first), "name": first.name}, {"path": str(second)},
-             {"path": str(tmp_path / "gone.csv")}, {"name": "no path"}]
+    drops = [
+        {"path": str(first), "name": first.name},
+        {"path": str(second)},
+        {"path": str(tmp_path / "gone.csv")},
+        {"name": "no path"},
+    ]
 
     result = run_node(FILE_READ, {"on_error": "route"}, {"in": drops})
 
     assert [r["n"] for r in result["out"]] == ["1", "2", "3"]
     assert [e["_error"] for e in result["error"]] == [
         f"file not found: {tmp_path / 'gone.csv'}",
-        "input record has no 'path' field naming a file to read"]
+        "input record has no 'path' field naming a file to read",
+    ]
 
 
 # -- file.write ---------------------------------------------------------------------------
 
 ROWS = [
-    {"sku": "A1", "name": "Müller, Größe \"XL\"", "qty": 1200, "price": Decimal("1234.56"),
-     "due": date(2024, 1, 31), "note": None},
-    {"sku": "B2", "name": "Weiß\nzweizeilig", "qty": 3, "price": Decimal("-0.50"),
-     "due": date(2024, 2, 1), "note": "x"},
+    {
+        "sku": "A1",
+        "name": 'Müller, Größe "XL"',
+        "qty": 1200,
+        "price": Decimal("1234.56"),
+        "due": date(2024, 1, 31),
+        "note": None,
+    },
+    {
+        "sku": "B2",
+        "name": "Weiß\nzweizeilig",
+        "qty": 3,
+        "price": Decimal("-0.50"),
+        "due": date(2024, 2, 1),
+        "note": "x",
+    },
 ]
 ROW_TYPES = {"qty": "int", "price": "decimal", "due": "date"}
 
@@ -295,22 +402,42 @@ def test_write_then_read_round_trips(tmp_path: Path, fmt: str) -> None:
 def test_write_german_csv_in_cp1252(tmp_path: Path) -> None:
     target = tmp_path / "erp.csv"
 
-    run_node(FILE_WRITE, {"path": str(target), "encoding": "cp1252", "delimiter": ";",
-                          "decimal_separator": ",", "date_format": "%d.%m.%Y",
-                          "columns": ["name", "price", "due", "ts", "share"]},
-             {"in": [{"name": "Müller", "price": Decimal("1234.5"), "due": date(2024, 1, 31),
-                      "ts": datetime(2024, 1, 31, 8, 30), "share": 0.25}]})
+    run_node(
+        FILE_WRITE,
+        {
+            "path": str(target),
+            "encoding": "cp1252",
+            "delimiter": ";",
+            "decimal_separator": ",",
+            "date_format": "%d.%m.%Y",
+            "columns": ["name", "price", "due", "ts", "share"],
+        },
+        {
+            "in": [
+                {
+                    "name": "Müller",
+                    "price": Decimal("1234.5"),
+                    "due": date(2024, 1, 31),
+                    "ts": datetime(2024, 1, 31, 8, 30),
+                    "share": 0.25,
+                }
+            ]
+        },
+    )
 
     assert target.read_bytes().decode("cp1252") == (
-        "name;price;due;ts;share\r\nMüller;1234,5;31.01.2024;31.01.2024;0,25\r\n")
+        "name;price;due;ts;share\r\nMüller;1234,5;31.01.2024;31.01.2024;0,25\r\n"
+    )
 
 
 def test_write_rejects_records_the_encoding_cannot_hold(tmp_path: Path) -> None:
     target = tmp_path / "erp.csv"
 
-    result = run_node(FILE_WRITE, {"path": str(target), "encoding": "cp1252",
-                                   "on_error": "route"},
-                      {"in": [{"name": "Łódź"}, {"name": "Köln"}]})
+    result = run_node(
+        FILE_WRITE,
+        {"path": str(target), "encoding": "cp1252", "on_error": "route"},
+        {"in": [{"name": "Łódź"}, {"name": "Köln"}]},
+    )
 
     assert target.read_bytes().decode("cp1252") == "name\r\nKöln\r\n"
     assert result["out"][0]["rows"] == 1
@@ -320,13 +447,16 @@ def test_write_rejects_records_the_encoding_cannot_hold(tmp_path: Path) -> None:
 def test_write_extra_fields_error_and_missing_fields_empty(tmp_path: Path) -> None:
     target = tmp_path / "x.csv"
 
-    result = run_node(FILE_WRITE, {"path": str(target), "columns": ["a", "b"],
-                                   "extra_fields": "error", "on_error": "route"},
-                      {"in": [{"a": 1, "b": 2}, {"a": 3, "c": 4}, {"b": 5}]})
+    result = run_node(
+        FILE_WRITE,
+        {"path": str(target), "columns": ["a", "b"], "extra_fields": "error", "on_error": "route"},
+        {"in": [{"a": 1, "b": 2}, {"a": 3, "c": 4}, {"b": 5}]},
+    )
 
     assert target.read_bytes() == b"a,b\r\n1,2\r\n,5\r\n"
     assert [e["_error"].split(": ", 1)[1] for e in result["error"]] == [
-        "field 'c' is not among the columns (a, b); set extra_fields to 'ignore' to drop it"]
+        "field 'c' is not among the columns (a, b); set extra_fields to 'ignore' to drop it"
+    ]
 
 
 def failing_records(batches_before_failure: int, batch_size: int) -> Iterator[dict[str, Any]]:
@@ -340,8 +470,12 @@ def test_upstream_failure_leaves_no_file_and_no_temp_file(tmp_path: Path, fmt: s
     target = tmp_path / f"out.{fmt}"
 
     with pytest.raises(NodeError, match="database went away"):
-        run_node(FILE_WRITE, {"path": str(target), "format": fmt},
-                 {"in": failing_records(2, 10)}, batch_size=10)
+        run_node(
+            FILE_WRITE,
+            {"path": str(target), "format": fmt},
+            {"in": failing_records(2, 10)},
+            batch_size=10,
+        )
 
     assert os.listdir(tmp_path) == []
 
@@ -350,8 +484,7 @@ def test_failed_rewrite_keeps_the_old_file(tmp_path: Path) -> None:
     target = write_text(tmp_path / "out.csv", "old\r\n")
 
     with pytest.raises(NodeError):
-        run_node(FILE_WRITE, {"path": str(target)}, {"in": failing_records(2, 10)},
-                 batch_size=10)
+        run_node(FILE_WRITE, {"path": str(target)}, {"in": failing_records(2, 10)}, batch_size=10)
 
     assert os.listdir(tmp_path) == ["out.csv"]
     assert target.read_bytes() == b"old\r\n"
@@ -360,8 +493,11 @@ def test_failed_rewrite_keeps_the_old_file(tmp_path: Path) -> None:
 def test_write_happens_while_out_is_drained(tmp_path: Path) -> None:
     target = tmp_path / "lazy.csv"
 
-    outputs = FILE_WRITE.run(_ctx(), FILE_WRITE.with_defaults({"path": str(target)}),
-                             {"in": iter([[{"a": 1}], [{"a": 2}]])})
+    outputs = FILE_WRITE.run(
+        _ctx(),
+        FILE_WRITE.with_defaults({"path": str(target)}),
+        {"in": iter([[{"a": 1}], [{"a": 2}]])},
+    )
     assert not target.exists()
     assert list(outputs["out"]) == [[{"path": str(target), "rows": 2}]]
     assert target.read_bytes() == b"a\r\n1\r\n2\r\n"
@@ -376,16 +512,16 @@ def test_cancelled_write_leaves_no_file(tmp_path: Path) -> None:
         cancel.set()
         yield [{"a": 2}]
 
-    outputs = FILE_WRITE.run(_ctx(cancel=cancel), FILE_WRITE.with_defaults(
-        {"path": str(target)}), {"in": records()})
+    outputs = FILE_WRITE.run(
+        _ctx(cancel=cancel), FILE_WRITE.with_defaults({"path": str(target)}), {"in": records()}
+    )
     with pytest.raises(RunCancelled):
         list(outputs["out"])
 
     assert os.listdir(tmp_path) == []
 
 
-def test_overwrite_off_never_replaces_a_file_that_appeared_while_writing(
-        tmp_path: Path) -> None:
+def test_overwrite_off_never_replaces_a_file_that_appeared_while_writing(tmp_path: Path) -> None:
     target = tmp_path / "report.csv"
 
     def records() -> Iterator[dict[str, Any]]:
@@ -394,8 +530,9 @@ def test_overwrite_off_never_replaces_a_file_that_appeared_while_writing(
         yield {"a": 2}
 
     with pytest.raises(NodeError, match="already exists and overwrite is off"):
-        run_node(FILE_WRITE, {"path": str(target), "overwrite": False}, {"in": records()},
-                 batch_size=1)
+        run_node(
+            FILE_WRITE, {"path": str(target), "overwrite": False}, {"in": records()}, batch_size=1
+        )
 
     assert target.read_text() == "written by someone else\n"
     assert os.listdir(tmp_path) == ["report.csv"]
@@ -414,9 +551,11 @@ def test_overwrite_off_refuses_an_existing_file(tmp_path: Path) -> None:
 def test_write_creates_folders_and_reports_path_and_rows(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "rows.jsonl"
 
-    result = run_node(FILE_WRITE, {"path": str(target), "format": "jsonl",
-                                   "columns": ["id"]},
-                      {"in": [{"id": i, "skip": True} for i in range(3)]})
+    result = run_node(
+        FILE_WRITE,
+        {"path": str(target), "format": "jsonl", "columns": ["id"]},
+        {"in": [{"id": i, "skip": True} for i in range(3)]},
+    )
 
     assert result["out"] == [{"path": str(target), "rows": 3}]
     assert target.read_text() == '{"id": 0}\n{"id": 1}\n{"id": 2}\n'
@@ -435,10 +574,20 @@ def test_schemas_are_complete_for_the_editor() -> None:
     assert FILE_READ.required == ()
 
 
-def _ctx(batch_size: int = 1000, progress: Any = None,
-         cancel: threading.Event | None = None) -> RunContext:
+def _ctx(
+    batch_size: int = 1000, progress: Any = None, cancel: threading.Event | None = None
+) -> RunContext:
     """A bare context for driving a node's generators by hand (batch by batch)."""
-    return RunContext(run_id="r", flow_id="f", node_id="n", node_type="t", params={},
-                      work_dir=Path("."), data_dir=Path("."),
-                      logger=logging.getLogger("test.files"), batch_size=batch_size,
-                      progress_sink=progress, cancel_event=cancel)
+    return RunContext(
+        run_id="r",
+        flow_id="f",
+        node_id="n",
+        node_type="t",
+        params={},
+        work_dir=Path("."),
+        data_dir=Path("."),
+        logger=logging.getLogger("test.files"),
+        batch_size=batch_size,
+        progress_sink=progress,
+        cancel_event=cancel,
+    )
