@@ -50,16 +50,15 @@ from engine.events import (
 from engine.flow import dump_flow, flow_hash
 from engine.params import expand_builtins, resolve_params, substitute
 from engine.registry import Registry
-from engine.spec import DEFAULT_BATCH_SIZE, ERROR_PORT, NodeSpec, RunContext
+from engine.spec import DEFAULT_BATCH_SIZE, ERROR_PORT, NodeLogger, NodeSpec, RunContext
 from engine.streams import Inbox, NodeTimedOut, Spool, json_safe
 from engine.validate import config_issues, validate_flow
 
-__all__ = ["Executor", "NodeOutcome", "RunResult", "NodeLogger"]
+__all__ = ["Executor", "NodeOutcome", "RunResult"]
 
 log = logging.getLogger(__name__)
 
 SAMPLE_SIZE = 20
-MAX_LOG_LINES = 10_000
 PROGRESS_EVERY = 0.5  # seconds between progress events per node
 TIMEOUT_GRACE = 5.0  # seconds a timed-out node gets to stop before it is abandoned
 GC_GEN0_THRESHOLD = 10_000
@@ -132,42 +131,6 @@ class RunResult:
             "error_node": self.error_node,
             "nodes": [n.to_dict() for n in self.nodes.values()],
         }
-
-
-class NodeLogger:
-    """The logger a node sees: lines go to the run log (bus) and to Python logging.
-
-    Not a ``logging.Logger``: those are cached forever by name, and a server would keep one
-    per node run alive.
-    """
-
-    def __init__(self, emit: Callable[[str, str], None]) -> None:
-        self._emit = emit
-        self._lines = 0
-
-    def log(self, level: int, msg: str, *args: Any, **_: Any) -> None:
-        self._lines += 1
-        if self._lines > MAX_LOG_LINES:
-            if self._lines == MAX_LOG_LINES + 1:
-                self._emit("WARNING", f"log truncated after {MAX_LOG_LINES} lines")
-            return
-        text = msg % args if args else str(msg)
-        self._emit(logging.getLevelName(level), text)
-
-    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
-        self.log(logging.DEBUG, msg, *args, **kw)
-
-    def info(self, msg: str, *args: Any, **kw: Any) -> None:
-        self.log(logging.INFO, msg, *args, **kw)
-
-    def warning(self, msg: str, *args: Any, **kw: Any) -> None:
-        self.log(logging.WARNING, msg, *args, **kw)
-
-    def error(self, msg: str, *args: Any, **kw: Any) -> None:
-        self.log(logging.ERROR, msg, *args, **kw)
-
-    def exception(self, msg: str, *args: Any, **kw: Any) -> None:
-        self.log(logging.ERROR, msg, *args, **kw)
 
 
 class _NodeRun:

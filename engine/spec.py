@@ -28,6 +28,7 @@ __all__ = [
     "ERROR_PORT",
     "DEFAULT_BATCH_SIZE",
     "batched",
+    "NodeLogger",
 ]
 
 Batch = list[dict[str, Any]]
@@ -154,6 +155,45 @@ class NodeSpec:
         }
 
 
+MAX_LOG_LINES = 10_000
+
+
+class NodeLogger:
+    """The logger a node sees (``ctx.logger``): each line goes to ``emit(level, text)``.
+
+    Not a ``logging.Logger``: those are cached forever by name, and a server would keep one
+    per node run alive.
+    """
+
+    def __init__(self, emit: Callable[[str, str], None]) -> None:
+        self._emit = emit
+        self._lines = 0
+
+    def log(self, level: int, msg: str, *args: Any, **_: Any) -> None:
+        self._lines += 1
+        if self._lines > MAX_LOG_LINES:
+            if self._lines == MAX_LOG_LINES + 1:
+                self._emit("WARNING", f"log truncated after {MAX_LOG_LINES} lines")
+            return
+        text = msg % args if args else str(msg)
+        self._emit(logging.getLevelName(level), text)
+
+    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
+        self.log(logging.DEBUG, msg, *args, **kw)
+
+    def info(self, msg: str, *args: Any, **kw: Any) -> None:
+        self.log(logging.INFO, msg, *args, **kw)
+
+    def warning(self, msg: str, *args: Any, **kw: Any) -> None:
+        self.log(logging.WARNING, msg, *args, **kw)
+
+    def error(self, msg: str, *args: Any, **kw: Any) -> None:
+        self.log(logging.ERROR, msg, *args, **kw)
+
+    def exception(self, msg: str, *args: Any, **kw: Any) -> None:
+        self.log(logging.ERROR, msg, *args, **kw)
+
+
 class RunContext:
     """What a node's ``run`` may use: logging, progress, cancellation, params, lookups.
 
@@ -171,7 +211,7 @@ class RunContext:
         params: Mapping[str, Any],
         work_dir: Path,
         data_dir: Path,
-        logger: logging.Logger | logging.LoggerAdapter,
+        logger: NodeLogger,
         on_error: str = "fail",
         batch_size: int = DEFAULT_BATCH_SIZE,
         cancel_event: threading.Event | None = None,

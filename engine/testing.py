@@ -6,7 +6,6 @@ port into lists, so a test can arrange records, act once and assert on what came
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConnectionNotFound, SecretNotFound
-from engine.spec import ERROR_PORT, NodeSpec, RunContext, batched
+from engine.spec import ERROR_PORT, NodeLogger, NodeSpec, RunContext, batched
 
 __all__ = ["NodeResult", "run_node"]
 
@@ -30,15 +29,6 @@ class NodeResult:
 
     def __getitem__(self, port: str) -> list[dict[str, Any]]:
         return self.outputs.get(port, [])
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self, sink: list[str]) -> None:
-        super().__init__()
-        self.sink = sink
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.sink.append(f"{record.levelname} {record.getMessage()}")
 
 
 def run_node(
@@ -63,10 +53,7 @@ def run_node(
     log_lines: list[str] = []
     events: list[tuple[str, dict[str, Any]]] = []
     rejected: list[dict[str, Any]] = []
-    logger = logging.getLogger(f"flowmill.test.{spec.type}.{id(log_lines)}")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    logger.addHandler(_ListHandler(log_lines))
+    logger = NodeLogger(lambda level, text: log_lines.append(f"{level} {text}"))
 
     def lookup(name: str) -> dict[str, Any]:
         if connection_lookup is not None:

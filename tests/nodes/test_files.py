@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 from jsonschema.validators import validator_for
 
 from engine.errors import NodeError, RecordError, RunCancelled
-from engine.spec import Batch, RunContext
+from engine.spec import Batch, NodeLogger, RunContext
 from engine.testing import run_node
 from nodes.files import FILE_READ, FILE_WRITE, NODES, check_read
 
@@ -586,7 +585,7 @@ def _ctx(
         params={},
         work_dir=Path("."),
         data_dir=Path("."),
-        logger=logging.getLogger("test.files"),
+        logger=NodeLogger(lambda level, text: None),
         batch_size=batch_size,
         progress_sink=progress,
         cancel_event=cancel,

@@ -10,7 +10,7 @@ import pytest
 
 from engine.errors import RecordError, RunCancelled
 from engine.registry import Registry
-from engine.spec import RunContext
+from engine.spec import NodeLogger, RunContext
 from engine.testing import run_node
 from engine.validate import validate_flow
 from nodes.transform import FILTER, MAP, SELECT, check_map
@@ -129,7 +129,7 @@ def test_delay_wakes_up_when_cancelled(tmp_path):
         params={},
         work_dir=tmp_path,
         data_dir=tmp_path,
-        logger=None,  # type: ignore[arg-type]
+        logger=NodeLogger(lambda level, text: None),
         cancel_event=cancel,
     )
     threading.Timer(0.1, cancel.set).start()
