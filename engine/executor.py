@@ -349,6 +349,10 @@ class Executor:
             for inboxes in node_run.consumers.values():
                 for inbox in inboxes:
                     inbox.close()
+            # a node may finish without reading all its input: never leave a producer
+            # waiting for room in an inbox nobody will empty
+            for inbox in node_run.inboxes.values():
+                inbox.consumer_gone = True
             node_run.done.set()
 
     def _run_node(
@@ -467,12 +471,15 @@ class Executor:
         reject_lock = threading.Lock()
         batch_size = self.batch_size
 
+        deliver_lock = threading.Lock()  # rejects may come from several pump threads
+
         def flush_rejected() -> None:
             with reject_lock:
                 batch = rejected[:]
                 rejected.clear()
             if batch:
-                self._deliver(run, node_run, ERROR_PORT, batch, error_inboxes)
+                with deliver_lock:
+                    self._deliver(run, node_run, ERROR_PORT, batch, error_inboxes)
 
         def reject_sink(record: dict[str, Any]) -> None:
             with reject_lock:

@@ -24,6 +24,7 @@ from engine.errors import UpstreamFailed
 __all__ = ["Inbox", "NodeTimedOut", "Spool", "json_safe"]
 
 _END = object()
+_NOTHING = object()
 _POLL = 0.05
 
 
@@ -40,6 +41,7 @@ class Inbox:
         self._abort = abort
         self._why = why  # one-item list set by the executor: why the run stopped
         self.consumer_gone = False
+        self._peeked: Any = _NOTHING
         self.records = 0
         self.deadline: float | None = None
 
@@ -68,10 +70,19 @@ class Inbox:
 
     def wait_ready(self) -> None:
         """Block until the first batch (or the end) is there, so ``pending`` means waiting."""
-        while self._queue.empty():
+        while self._peeked is _NOTHING:
             if self._abort.is_set():
                 raise self._stopped()
-            time.sleep(0.002)
+            try:
+                self._peeked = self._queue.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+
+    def _get(self) -> Any:
+        if self._peeked is not _NOTHING:
+            item, self._peeked = self._peeked, _NOTHING
+            return item
+        return self._queue.get(timeout=_POLL)
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         try:
@@ -81,7 +92,7 @@ class Inbox:
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise NodeTimedOut()
                 try:
-                    item = self._queue.get(timeout=_POLL)
+                    item = self._get()
                 except queue.Empty:
                     continue
                 if item is _END:

@@ -81,6 +81,10 @@ def _sleeper(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs
     return {"out": gen()}
 
 
+def _ignore_input(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
+    return {"out": iter([[{"done": True}]])}
+
+
 def _spec(type_: str, run: Any, inputs: tuple[str, ...] = ("in",)) -> NodeSpec:
     return NodeSpec(
         type=type_,
@@ -100,6 +104,7 @@ def registry() -> Registry:
     reg.add(_spec("test.pass", _passthrough), "tests")
     reg.add(_spec("test.sink", _sink), "tests")
     reg.add(_spec("test.sleep", _sleeper), "tests")
+    reg.add(_spec("test.ignore", _ignore_input), "tests")
     COLLECTED.clear()
     ATTEMPTS.clear()
     return reg
@@ -362,3 +367,16 @@ def test_param_value_that_breaks_the_schema_fails_the_node_naming_the_field(exec
     assert result.state == "failed" and result.error_node == "src"
     assert result.error.startswith("n: -3 is less than the minimum of 0")
     assert result.nodes["dst"].state == "skipped"
+
+
+def test_a_node_that_leaves_its_input_unread_does_not_block_the_producer(executor):
+    # 50 batches are far more than the inbox holds: the source must not wait forever
+    f = flow(
+        [node("src", "test.source", n=5000), node("lazy", "test.ignore")],
+        [edge("src", "lazy")],
+    )
+    began = time.monotonic()
+    result = executor.run(f)
+    assert time.monotonic() - began < 5
+    assert result.ok
+    assert result.nodes["lazy"].records_out == {"out": 1}
