@@ -244,6 +244,16 @@ def main() -> None:
         )
         mill = measure([flowmill, "run", str(work / "csv.flow.json")], env)
         results["csv"] = report("CSV -> map (3 expressions) -> CSV", args.rows, plain, mill)
+        # flat memory: the same flow on a tenth of the rows must peak at about the same RSS
+        small = work / "small.csv"
+        make_csv(small, max(1, args.rows // 10))
+        (work / "small.flow.json").write_text(json.dumps(csv_flow(small, work / "out-small.csv")))
+        _, small_rss = measure([flowmill, "run", str(work / "small.flow.json")], env)
+        print(
+            f"  peak RSS with {args.rows // 10:,} rows: {small_rss:.1f} MB; with {args.rows:,}: "
+            f"{mill[1]:.1f} MB (growth {mill[1] - small_rss:+.1f} MB for 10x the data)"
+        )
+        results["csv"]["flowmill_rss_mb_tenth"] = small_rss
 
         plain = measure([sys.executable, str(work / "plain_sql.py"), str(db)])
         mill = measure([flowmill, "run", str(work / "sql.flow.json")], env)

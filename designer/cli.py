@@ -106,7 +106,14 @@ def _print_issues(source: str, issues: Sequence[Any]) -> None:
 def _print_run(result: RunResult, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-        return
+    else:
+        _print_table(result)
+    if result.error:
+        where = f"node {result.error_node}: " if result.error_node else ""
+        print(f"error: {where}{result.error}", file=sys.stderr)
+
+
+def _print_table(result: RunResult) -> None:
     print(
         f"flow {result.flow_id}  run {result.run_id[:12]}  {result.state} in {result.seconds:.2f} s"
     )
@@ -125,9 +132,6 @@ def _print_run(result: RunResult, as_json: bool) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    if result.error:
-        where = f"node {result.error_node}: " if result.error_node else ""
-        print(f"error: {where}{result.error}", file=sys.stderr)
 
 
 def _counts(counts: dict[str, int]) -> str:

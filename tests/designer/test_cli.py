@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -291,3 +293,60 @@ def test_runs_are_recorded_in_the_store_with_the_flow_version(data_dir: Path):
         assert nodes["read-export"].records_out["error"] == 2
     finally:
         store.close()
+
+
+def test_unreachable_database_is_retried_then_fails_naming_the_node(data_dir: Path, tmp_path: Path):
+    flow = {
+        "format": "flowmill/1",
+        "id": "erp-down",
+        "nodes": [
+            {
+                "id": "read-erp",
+                "type": "sql.read",
+                "config": {
+                    # nothing listens on port 1: the database is "down"
+                    "url": "postgresql+psycopg://postgres@127.0.0.1:1/test",
+                    "query": "SELECT 1",
+                    "retries": 2,
+                    "retry_delay": 0.1,
+                },
+            }
+        ],
+        "edges": [],
+    }
+    result = flowmill(
+        "run", str(write(tmp_path / "f.flow.json", flow)), "--json", data_dir=data_dir
+    )
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    node = summary["nodes"][0]
+    assert (node["state"], node["attempts"]) == ("failed", 3)
+    assert summary["error_node"] == "read-erp"
+    assert "refused" in summary["error"].lower() or "connect" in summary["error"].lower()
+    assert "error: node read-erp:" in result.stderr
+
+
+def test_ctrl_c_cancels_the_run_between_batches(data_dir: Path, tmp_path: Path):
+    flow = {
+        "format": "flowmill/1",
+        "id": "slow",
+        "nodes": [
+            {"id": "start", "type": "trigger.manual"},
+            {"id": "wait", "type": "util.delay", "config": {"seconds": 60}},
+        ],
+        "edges": [{"source": "start", "source_port": "out", "target": "wait", "target_port": "in"}],
+    }
+    path = write(tmp_path / "slow.flow.json", flow)
+    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen(
+        [str(FLOWMILL), "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 1
+    assert "cancelled" in out and "run cancelled" in err
