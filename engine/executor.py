@@ -150,10 +150,24 @@ class _NodeRun:
 
 
 class _Run:
-    """Shared state of one run: the abort switch and the first failure."""
+    """One run: what every node thread shares (inputs, the abort switch, the first failure)."""
 
-    def __init__(self, run_id: str, cancel: threading.Event) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        flow: dict[str, Any],
+        values: dict[str, Any],
+        builtins: dict[str, Any],
+        work_dir: Path,
+        flow_dir: Path | None,
+        cancel: threading.Event,
+    ) -> None:
         self.run_id = run_id
+        self.flow = flow
+        self.values = values
+        self.placeholders = {**builtins, **values}
+        self.work_dir = work_dir
+        self.flow_dir = flow_dir
         self.cancel = cancel
         self.abort = threading.Event()
         self.why: list[str] = []
@@ -240,7 +254,9 @@ class Executor:
             "today": date.today().isoformat(),
         }
         values = expand_builtins(values, builtins)
-        run = _Run(run_id, cancel_event or threading.Event())
+        run = _Run(
+            run_id, flow, values, builtins, work_dir, flow_dir, cancel_event or threading.Event()
+        )
         started = time.monotonic()
         self.bus.publish(RunStarted(run_id, flow["id"], digest, json_safe(values)))
 
@@ -248,7 +264,7 @@ class Executor:
         for node_run in nodes.values():
             thread = threading.Thread(
                 target=self._node_thread,
-                args=(flow, run, node_run, values, builtins, work_dir, flow_dir),
+                args=(run, node_run),
                 name=f"flowmill-{node_run.outcome.node_id}",
                 daemon=True,
             )
@@ -330,18 +346,9 @@ class Executor:
                 pending[0].done.wait(0.05)
 
     # ------------------------------------------------------------------ one node
-    def _node_thread(
-        self,
-        flow: dict[str, Any],
-        run: _Run,
-        node_run: _NodeRun,
-        values: dict[str, Any],
-        builtins: dict[str, Any],
-        work_dir: Path,
-        flow_dir: Path | None,
-    ) -> None:
+    def _node_thread(self, run: _Run, node_run: _NodeRun) -> None:
         try:
-            self._run_node(flow, run, node_run, values, builtins, work_dir, flow_dir)
+            self._run_node(run, node_run)
         except BaseException as exc:  # the last line of defence: never lose a thread silently
             log.exception("node %s crashed the executor", node_run.outcome.node_id)
             self._finish_failed(run, node_run, f"internal error: {exc!r}")
@@ -355,16 +362,7 @@ class Executor:
                 inbox.consumer_gone = True
             node_run.done.set()
 
-    def _run_node(
-        self,
-        flow: dict[str, Any],
-        run: _Run,
-        node_run: _NodeRun,
-        values: dict[str, Any],
-        builtins: dict[str, Any],
-        work_dir: Path,
-        flow_dir: Path | None,
-    ) -> None:
+    def _run_node(self, run: _Run, node_run: _NodeRun) -> None:
         spec = node_run.spec
         assert spec is not None
         outcome = node_run.outcome
@@ -381,7 +379,7 @@ class Executor:
 
         raw_config = spec.with_defaults(node_run.node.get("config", {}))
         schema = spec.full_schema()
-        placeholders = {**builtins, **values}
+        placeholders = run.placeholders
         # the run's param values can break a schema the defaults satisfied: check again,
         # with secrets masked so no secret can end up in an error message
         masked = substitute(raw_config, schema, placeholders, lambda _: "***")
@@ -402,7 +400,7 @@ class Executor:
         timeout = config.get("timeout")
         spools: dict[str, Spool] = {}
         if retries and node_run.inboxes:
-            spool_dir = work_dir / ".spool"
+            spool_dir = run.work_dir / ".spool"
             spool_dir.mkdir(parents=True, exist_ok=True)
             spools = {
                 port: Spool(iter(inbox), spool_dir / f"{node_id}.{port}.pickle")
@@ -421,9 +419,7 @@ class Executor:
                 inbox.deadline = node_run.deadline
             self.bus.publish(NodeStarted(run.run_id, node_id, spec.type, attempt))
             try:
-                self._attempt(
-                    run, node_run, spec, config, values, work_dir, flow_dir, spools, flow["id"]
-                )
+                self._attempt(run, node_run, spec, config, spools)
             except BaseException as exc:
                 outcome.seconds += time.monotonic() - begun
                 stopped = self._stopped_by_run(run, exc)
@@ -458,11 +454,7 @@ class Executor:
         node_run: _NodeRun,
         spec: NodeSpec,
         config: dict[str, Any],
-        values: dict[str, Any],
-        work_dir: Path,
-        flow_dir: Path | None,
         spools: dict[str, Spool],
-        flow_id: str,
     ) -> None:
         outcome = node_run.outcome
         node_id = outcome.node_id
@@ -490,13 +482,13 @@ class Executor:
 
         ctx = RunContext(
             run_id=run.run_id,
-            flow_id=flow_id,
+            flow_id=run.flow["id"],
             node_id=node_id,
             node_type=spec.type,
-            params=values,
-            work_dir=work_dir,
+            params=run.values,
+            work_dir=run.work_dir,
             data_dir=self.data_dir,
-            flow_dir=flow_dir,
+            flow_dir=run.flow_dir,
             logger=NodeLogger(lambda level, text: self._log(run, node_id, level, text)),
             on_error=config.get("on_error", "fail"),
             batch_size=batch_size,
