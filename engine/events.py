@@ -25,6 +25,7 @@ __all__ = [
     "NodeStatus",
     "LogEmitted",
     "CustomEvent",
+    "JobChanged",
     "EventBus",
 ]
 
@@ -140,6 +141,18 @@ class CustomEvent(Event):
     node_id: str
     name: str
     data: dict[str, Any]
+    at: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class JobChanged(Event):
+    """A job's state changed (already committed to the store)."""
+
+    job_id: int
+    flow_id: str
+    state: str
+    previous: str | None
+    error: str | None = None
     at: datetime = field(default_factory=_now)
 
 

@@ -185,6 +185,11 @@ class SqlRunStore:
                 time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")
 
+    def transaction(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run ``work(conn)`` in one transaction (retried on deadlock); for other stores
+        sharing this database, such as the job store."""
+        return self._tx(work, write=write)
+
     def _upsert(
         self, conn: Connection, table: sa.Table, values: dict[str, Any], update: Sequence[str]
     ) -> None:

@@ -26,6 +26,14 @@ __all__ = [
     "run_logs",
     "connections",
     "secrets",
+    "jobs",
+    "job_log",
+    "leases",
+    "servers",
+    "schedules",
+    "calendars",
+    "time_conditions",
+    "flows",
     "UTCDateTime",
 ]
 
@@ -174,6 +182,126 @@ secrets = sa.Table(
     metadata,
     sa.Column("name", sa.String(ID), primary_key=True),
     sa.Column("ciphertext", LongText, nullable=False),  # Fernet token of the value
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    **MYSQL_OPTIONS,
+)
+
+
+# -- batch server (migration 0002) ----------------------------------------------------------
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow_id", sa.String(ID), nullable=False),
+    sa.Column("flow_hash", sa.String(64), nullable=False),
+    sa.Column("params", LongText, nullable=False),  # JSON
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("submitted_at", UTCDateTime(), nullable=False),
+    sa.Column("not_before", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),  # not_before + max_delay
+    sa.Column("max_delay", sa.Double(), nullable=True),  # seconds
+    sa.Column("group_name", sa.String(ID), nullable=True),
+    sa.Column("group_pos", sa.Integer, nullable=True),
+    sa.Column("pool", sa.String(ID), nullable=True),
+    sa.Column("time_condition", sa.String(ID), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(ID), nullable=True),
+    sa.Column("worker", sa.String(ID), nullable=True),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("kill_requested", sa.Boolean(), nullable=False),
+    sa.Column("error", LongText, nullable=True),
+    sa.Column("error_node", sa.String(ID), nullable=True),
+    sa.Column("source", sa.String(40), nullable=False),
+    sa.Column("schedule", sa.String(ID), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_jobs_state_priority_submitted_at", "state", "priority", "submitted_at"),
+    sa.Index("ix_jobs_group_name_group_pos", "group_name", "group_pos"),
+    **MYSQL_OPTIONS,
+)
+
+job_log = sa.Table(
+    "job_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("ts", UTCDateTime(), nullable=False),
+    sa.Column("message", LongText, nullable=False),
+    sa.Index("ix_job_log_job_id_id", "job_id", "id"),
+    **MYSQL_OPTIONS,
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(ID), primary_key=True),
+    sa.Column("holder", sa.String(ID), nullable=False),
+    sa.Column("acquired_at", UTCDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    **MYSQL_OPTIONS,
+)
+
+servers = sa.Table(
+    "servers",
+    metadata,
+    sa.Column("id", sa.String(ID), primary_key=True),
+    sa.Column("host", sa.String(ID), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),  # active | standby | stopped
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    **MYSQL_OPTIONS,
+)
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("name", sa.String(ID), primary_key=True),
+    sa.Column("flow_id", sa.String(ID), nullable=False),
+    sa.Column("spec", LongText, nullable=False),  # JSON: cron/every, tz, calendar, condition…
+    sa.Column("params", LongText, nullable=False),  # JSON
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("last_fire", UTCDateTime(), nullable=True),
+    sa.Column("next_fire", UTCDateTime(), nullable=True),
+    sa.Column("error", LongText, nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    **MYSQL_OPTIONS,
+)
+
+calendars = sa.Table(
+    "calendars",
+    metadata,
+    sa.Column("name", sa.String(ID), primary_key=True),
+    sa.Column("holidays", sa.String(ID), nullable=True),  # "DE-BY"
+    sa.Column("exclusions", LongText, nullable=False),  # JSON list of ISO dates
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    **MYSQL_OPTIONS,
+)
+
+time_conditions = sa.Table(
+    "time_conditions",
+    metadata,
+    sa.Column("name", sa.String(ID), primary_key=True),
+    sa.Column("windows", LongText, nullable=False),  # JSON {"workday": "06:00-20:00", …}
+    sa.Column("calendar", sa.String(ID), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    **MYSQL_OPTIONS,
+)
+
+flows = sa.Table(
+    "flows",
+    metadata,
+    sa.Column("id", sa.String(ID), primary_key=True),
+    sa.Column("name", sa.String(ID), nullable=True),
+    sa.Column("flow_hash", sa.String(64), nullable=False),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("source", LongText, nullable=True),  # file it was imported from
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     **MYSQL_OPTIONS,
 )
