@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from designer import cli_jobs
 from designer.nodedocs import render_markdown
 from engine.errors import FlowFormatError, FlowmillError
 from engine.executor import RunResult
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for leaf in (*conn_sub.choices.values(), *sec_sub.choices.values()):
         leaf.add_argument("--data-dir", help="data directory")
+    cli_jobs.add_parsers(sub)
     return parser
 
 
@@ -275,6 +277,7 @@ COMMANDS = {
     "nodes": cmd_nodes,
     "connection": cmd_connection,
     "secret": cmd_secret,
+    **cli_jobs.COMMANDS,
 }
 
 
@@ -283,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except FlowmillError as exc:
+    except (FlowmillError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
 

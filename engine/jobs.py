@@ -77,6 +77,7 @@ class Job:
     error_node: str | None
     source: str
     schedule: str | None
+    flow_dir: str | None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -116,6 +117,7 @@ def _job(row: Any) -> Job:
         error_node=m["error_node"],
         source=m["source"],
         schedule=m["schedule"],
+        flow_dir=m["flow_dir"],
     )
 
 
@@ -244,6 +246,7 @@ class JobStore:
         source: str = "cli",
         schedule: str | None = None,
         held: bool = False,
+        flow_dir: str | None = None,
     ) -> Job:
         """Queue a job (committed before this returns)."""
         now = self.clock.now()
@@ -280,6 +283,7 @@ class JobStore:
                     kill_requested=False,
                     source=source,
                     schedule=schedule,
+                    flow_dir=flow_dir,
                     updated_at=now,
                 )
             )

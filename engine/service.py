@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from engine.clock import Clock, SystemClock
 from engine.config import Settings
+from engine.errors import FlowmillError, FlowValidationError
 from engine.events import EventBus
 from engine.executor import Executor, RunResult
+from engine.flow import dump_flow, flow_hash, load_flow, parse_flow_text
+from engine.flowstore import FlowInfo, FlowStore
+from engine.jobs import Job, JobStore
+from engine.params import resolve_params
 from engine.recorder import RunRecorder
 from engine.registry import Registry
 from engine.store import RunStore, open_store
+from engine.store_sql import SqlRunStore
 from engine.validate import ValidationIssue, validate_flow
 
 __all__ = ["Flowmill"]
@@ -34,11 +42,15 @@ class Flowmill:
         registry: Registry,
         store: RunStore,
         bus: EventBus | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
         self.bus = bus or EventBus()
+        self.clock = clock or SystemClock()
+        self._jobs: JobStore | None = None
+        self._flows: FlowStore | None = None
         self.recorder = RunRecorder(store, self.bus)
         self.executor = Executor(
             registry,
@@ -52,12 +64,35 @@ class Flowmill:
         )
 
     @classmethod
-    def open(cls, data_dir: str | Path | None = None, registry: Registry | None = None) -> Flowmill:
+    def open(
+        cls,
+        data_dir: str | Path | None = None,
+        registry: Registry | None = None,
+        clock: Clock | None = None,
+    ) -> Flowmill:
         """Settings from the data directory, node types from entry points, the store."""
         settings = Settings.load(data_dir)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(settings.store_url, settings.data_dir)
-        return cls(settings, registry or Registry.discover(), store)
+        return cls(settings, registry or Registry.discover(), store, clock=clock)
+
+    @property
+    def jobs(self) -> JobStore:
+        """The job table (needs a SQL store: SQLite, PostgreSQL or MariaDB)."""
+        if self._jobs is None:
+            self._jobs = JobStore(self._sql_store(), self.bus, self.clock)
+        return self._jobs
+
+    @property
+    def flows(self) -> FlowStore:
+        if self._flows is None:
+            self._flows = FlowStore(self._sql_store(), self.clock)
+        return self._flows
+
+    def _sql_store(self) -> SqlRunStore:
+        if not isinstance(self.store, SqlRunStore):
+            raise FlowmillError("the batch server needs a SQL store (store url 'memory' has none)")
+        return self.store
 
     def close(self) -> None:
         self.recorder.close()
@@ -102,3 +137,123 @@ class Flowmill:
 
     def remove_secret(self, name: str) -> bool:
         return self.store.delete_secret(name)
+
+    # -- flows on the server -----------------------------------------------------------
+    def import_flow(self, path: str | Path) -> tuple[FlowInfo, bool]:
+        """Validate a flow file and make it the current version of its id (enabled if new)."""
+        flow = load_flow(path)
+        self._check(flow)
+        return self.flows.put(flow, str(Path(path).resolve()))
+
+    def resolve_flow(self, ref: str) -> tuple[dict[str, Any], str, str | None]:
+        """A flow by file path (``*.json``, stored and pinned) or by id of a server flow.
+
+        Returns the flow, its hash and the folder of its file (``${flow_dir}``) if known.
+        """
+        path = Path(ref)
+        if ref.endswith(".json") or path.is_file():
+            flow = load_flow(path)
+            self._check(flow)
+            digest = flow_hash(flow)
+            self.store.save_flow_version(flow["id"], digest, dump_flow(flow))
+            return flow, digest, str(path.resolve().parent)
+        flow, info = self.flows.get(ref)
+        folder = str(Path(info.source).parent) if info.source else None
+        return flow, info.flow_hash, folder
+
+    def _check(self, flow: dict[str, Any]) -> None:
+        issues = self.validate(flow)
+        if issues:
+            raise FlowValidationError(flow.get("id"), issues)
+
+    # -- jobs --------------------------------------------------------------------------
+    def submit(
+        self,
+        ref: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        not_before: datetime | None = None,
+        max_delay: timedelta | None = None,
+        group: str | None = None,
+        pool: str | None = None,
+        time_condition: str | None = None,
+        max_attempts: int = 1,
+        source: str = "cli",
+        schedule: str | None = None,
+    ) -> Job:
+        """Queue a job for a flow (file path or server flow id); params are checked now."""
+        flow, digest, folder = self.resolve_flow(ref)
+        typed = resolve_params(flow, params)
+        given = {k: typed[k] for k in (params or {})}
+        return self.jobs.submit(
+            flow["id"],
+            digest,
+            given,
+            priority=priority,
+            not_before=not_before,
+            max_delay=max_delay,
+            group=group,
+            pool=pool,
+            time_condition=time_condition,
+            max_attempts=max_attempts,
+            source=source,
+            schedule=schedule,
+            flow_dir=folder,
+        )
+
+    def set_job_params(self, job_id: int, params: Mapping[str, Any]) -> Job:
+        """Edit params of a job that has not started, checked against its pinned flow."""
+        job = self.jobs.get(job_id)
+        text = self.store.get_flow_version(job.flow_hash) or "{}"
+        flow = parse_flow_text(text, f"flow {job.flow_id}")
+        typed = resolve_params(flow, {**job.params, **params})
+        return self.jobs.set_params(job_id, {k: typed[k] for k in params})
+
+    def job_log(self, job_id: int) -> list[str]:
+        """The job's own log followed by the log of its latest run, as text lines."""
+        lines = [f"{ts.isoformat()} job: {message}" for ts, message in self.jobs.log(job_id)]
+        job = self.jobs.get(job_id)
+        if job.run_id:
+            for line in self.store.get_log(job.run_id, limit=100_000):
+                where = f"node {line.node_id}" if line.node_id else "run"
+                lines.append(f"{line.ts.isoformat()} {where}: {line.level} {line.message}")
+        return lines
+
+    # -- status --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Servers, who holds the scheduler lease, queue depth and running jobs."""
+        from engine.leases import Lease
+
+        lease = Lease(self._sql_store(), self.clock, holder="status", timeout=1)
+        info = lease.info()
+        counts = self.jobs.counts()
+        return {
+            "lease": None
+            if info is None
+            else {
+                "holder": info.holder,
+                "acquired_at": info.acquired_at.isoformat(),
+                "heartbeat_at": info.heartbeat_at.isoformat(),
+                "expires_at": info.expires_at.isoformat(),
+                "expired": info.expires_at < self.clock.now(),
+            },
+            "servers": [
+                {
+                    "id": s.id,
+                    "host": s.host,
+                    "pid": s.pid,
+                    "role": s.role,
+                    "started_at": s.started_at.isoformat(),
+                    "heartbeat_at": s.heartbeat_at.isoformat(),
+                }
+                for s in lease.servers()
+            ],
+            "jobs": counts,
+            "queue_depth": counts.get("queued", 0),
+            "running": [j.to_dict() for j in self.jobs.running()],
+        }
+
+    def closed_conditions(self) -> list[str]:
+        """Time conditions whose windows are shut now: their jobs wait."""
+        return []

@@ -218,6 +218,7 @@ jobs = sa.Table(
     sa.Column("error_node", sa.String(ID), nullable=True),
     sa.Column("source", sa.String(40), nullable=False),
     sa.Column("schedule", sa.String(ID), nullable=True),
+    sa.Column("flow_dir", LongText, nullable=True),  # ${flow_dir}: folder of the flow file
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Index("ix_jobs_state_priority_submitted_at", "state", "priority", "submitted_at"),
     sa.Index("ix_jobs_group_name_group_pos", "group_name", "group_pos"),

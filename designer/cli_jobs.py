@@ -1,0 +1,248 @@
+"""Batch server commands of ``flowmill``: serve, submit, jobs, flows, status.
+
+Each command is a thin shell over the service layer (``engine.service.Flowmill``), the same
+functions the REST API and request files use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from engine.durations import parse_duration
+from engine.jobs import STATES, Job
+from engine.service import Flowmill
+
+__all__ = ["add_parsers", "COMMANDS"]
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="data directory (default: $FLOWMILL_DATA_DIR)")
+
+
+def add_parsers(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the batch server (scheduler and workers)")
+    _data_dir(serve)
+
+    submit = sub.add_parser("submit", help="queue a job for a flow; prints the job id")
+    submit.add_argument("flow", help="a *.flow.json file (stored and pinned) or a server flow id")
+    submit.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    submit.add_argument("--at", help="not before this ISO time (local time if no zone)")
+    submit.add_argument("--max-delay", help="expire if not started this long after due (2h)")
+    submit.add_argument("--group", help="group name: members run one after another")
+    submit.add_argument("--pool", help="pool name (its limit comes from [pools])")
+    submit.add_argument("--condition", help="time condition the job must wait for")
+    submit.add_argument("--max-attempts", type=int, default=1)
+    submit.add_argument("--json", action="store_true", help="print the job as JSON")
+    _data_dir(submit)
+
+    jobs = sub.add_parser("jobs", help="list, inspect and steer jobs")
+    jobs_sub = jobs.add_subparsers(dest="action", required=True)
+    listing = jobs_sub.add_parser("list", help="jobs, newest first")
+    listing.add_argument("--state", choices=STATES)
+    listing.add_argument("--flow")
+    listing.add_argument("--group")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    _data_dir(listing)
+    for action, text in (
+        ("show", "one job with all its fields"),
+        ("log", "the job's log and the log of its run"),
+        ("hold", "keep a queued job from starting"),
+        ("resume", "let a held job start"),
+        ("cancel", "cancel a queued or held job"),
+        ("kill", "stop a running job (or cancel a waiting one)"),
+        ("retry", "queue a job that did not succeed again"),
+    ):
+        p = jobs_sub.add_parser(action, help=text)
+        p.add_argument("id", type=int)
+        if action == "show":
+            p.add_argument("--json", action="store_true")
+        _data_dir(p)
+    set_param = jobs_sub.add_parser("set-param", help="change params of a queued or held job")
+    set_param.add_argument("id", type=int)
+    set_param.add_argument("pairs", nargs="+", metavar="K=V")
+    _data_dir(set_param)
+
+    flows = sub.add_parser("flows", help="flows kept by the server")
+    flows_sub = flows.add_subparsers(dest="action", required=True)
+    imp = flows_sub.add_parser("import", help="import (or update) flow files")
+    imp.add_argument("files", nargs="+", metavar="FILE")
+    _data_dir(imp)
+    fl = flows_sub.add_parser("list", help="flows on the server")
+    fl.add_argument("--json", action="store_true")
+    _data_dir(fl)
+    for action in ("show", "export", "enable", "disable", "remove"):
+        p = flows_sub.add_parser(action)
+        p.add_argument("id")
+        _data_dir(p)
+
+    status = sub.add_parser("status", help="servers, the active one, queue depth, running jobs")
+    status.add_argument("--json", action="store_true")
+    _data_dir(status)
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{item!r} must look like NAME=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def _when(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def _job_line(job: Job) -> str:
+    group = f" group={job.group}#{job.group_pos}" if job.group else ""
+    where = f"node {job.error_node}: " if job.error_node else ""
+    error = f"  {where}{job.error}" if job.error and job.state != "succeeded" else ""
+    return (
+        f"{job.id:>6}  {job.state:<9}  prio={job.priority:<3} {job.flow_id}"
+        f"{group}  submitted {job.submitted_at:%Y-%m-%d %H:%M:%S}{error}"
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.batchserver import BatchServer
+
+    with Flowmill.open(args.data_dir) as app:
+        server = BatchServer(app, echo=lambda text: print(text, flush=True))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: server.request_stop())
+        return server.serve()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with Flowmill.open(args.data_dir) as app:
+        job = app.submit(
+            args.flow,
+            _pairs(args.param),
+            priority=args.priority,
+            not_before=_when(args.at),
+            max_delay=parse_duration(args.max_delay, "--max-delay") if args.max_delay else None,
+            group=args.group,
+            pool=args.pool,
+            time_condition=args.condition,
+            max_attempts=args.max_attempts,
+            source="cli",
+        )
+    print(json.dumps(job.to_dict(), indent=2, ensure_ascii=False) if args.json else job.id)
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with Flowmill.open(args.data_dir) as app:
+        js = app.jobs
+        if args.action == "list":
+            found = js.list(state=args.state, flow_id=args.flow, group=args.group, limit=args.limit)
+            if args.json:
+                print(json.dumps([j.to_dict() for j in found], indent=2, ensure_ascii=False))
+            else:
+                for job in found:
+                    print(_job_line(job))
+            return EXIT_OK
+        if args.action == "show":
+            job = js.get(args.id)
+            if args.json:
+                print(json.dumps(job.to_dict(), indent=2, ensure_ascii=False))
+            else:
+                for key, value in job.to_dict().items():
+                    print(f"{key:>15}: {value}")
+            return EXIT_OK
+        if args.action == "log":
+            for line in app.job_log(args.id):
+                print(line)
+            return EXIT_OK
+        if args.action == "set-param":
+            job = app.set_job_params(args.id, _pairs(args.pairs))
+            print(_job_line(job))
+            return EXIT_OK
+        operation: Callable[[int], Job] = {
+            "hold": js.hold,
+            "resume": js.resume,
+            "cancel": js.cancel,
+            "kill": js.request_kill,
+            "retry": js.retry,
+        }[args.action]
+        print(_job_line(operation(args.id)))
+    return EXIT_OK
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    with Flowmill.open(args.data_dir) as app:
+        if args.action == "import":
+            for name in args.files:
+                info, changed = app.import_flow(name)
+                print(
+                    f"{info.id}: {'imported' if changed else 'unchanged'} ({info.flow_hash[:12]})"
+                )
+        elif args.action == "list":
+            found = app.flows.list()
+            if args.json:
+                print(json.dumps([f.to_dict() for f in found], indent=2, ensure_ascii=False))
+            for info in [] if args.json else found:
+                state = "enabled" if info.enabled else "disabled"
+                print(f"{info.id:<30} {state:<9} {info.flow_hash[:12]}  {info.name or ''}")
+        elif args.action in ("show", "export"):
+            from engine.flow import dump_flow
+
+            flow, info = app.flows.get(args.id)
+            if args.action == "show":
+                print(json.dumps(info.to_dict(), indent=2, ensure_ascii=False))
+            else:
+                sys.stdout.write(dump_flow(flow))
+        elif args.action in ("enable", "disable"):
+            info = app.flows.set_enabled(args.id, args.action == "enable")
+            print(f"{info.id}: {'enabled' if info.enabled else 'disabled'}")
+        else:
+            app.flows.remove(args.id)
+            print(f"{args.id}: removed")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Flowmill.open(args.data_dir) as app:
+        report = app.status()
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    lease = report["lease"]
+    active = f"{lease['holder']} (lease until {lease['expires_at']})" if lease else "none"
+    print(f"active server: {active}")
+    for server in report["servers"]:
+        print(
+            f"  {server['id']:<40} {server['role']:<8} pid {server['pid']:<7} "
+            f"heartbeat {server['heartbeat_at']}"
+        )
+    counts = report["jobs"]
+    print(f"queue depth: {report['queue_depth']}  running: {counts.get('running', 0)}")
+    print("jobs: " + ", ".join(f"{state} {n}" for state, n in sorted(counts.items())))
+    for job in report["running"]:
+        print(
+            f"  running: job {job['id']} {job['flow']} on {job['worker']} since {job['started_at']}"
+        )
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "submit": cmd_submit,
+    "jobs": cmd_jobs,
+    "flows": cmd_flows,
+    "status": cmd_status,
+}

@@ -1,0 +1,228 @@
+"""The batch server loop: lease, request and control files, expiry, lost workers, kills,
+and starting due jobs on free workers.
+
+Only the server holding the scheduler lease does any of this; the others wait as hot
+standby. The loop sleeps on the worker pipes and a wake-up pipe, so a job submitted in
+this process, a finished job, or the next due time wakes it at once; work submitted by
+other processes (the CLI, another server) is seen within ``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import secrets
+import socket
+import time
+from collections import Counter
+from datetime import timedelta
+from multiprocessing.connection import wait
+from typing import Any
+
+from engine.events import JobChanged
+from engine.jobs import Job
+from engine.leases import Lease
+from engine.requestfiles import RequestFolder
+from engine.service import Flowmill
+from engine.workers import WorkerPool
+
+__all__ = ["BatchServer"]
+
+log = logging.getLogger(__name__)
+
+
+class BatchServer:
+    """One ``flowmill serve`` process tree: scheduler loop plus its worker pool."""
+
+    def __init__(
+        self,
+        app: Flowmill,
+        *,
+        server_id: str | None = None,
+        pool: WorkerPool | None = None,
+        echo: Any = None,
+    ) -> None:
+        self.app = app
+        settings = app.settings
+        self.settings = settings
+        self.id = server_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.lease = Lease(app.jobs.store, app.clock, self.id, settings.lease_timeout)
+        self.pool = pool or WorkerPool(
+            settings.max_running, settings.data_dir, self.id, settings.heartbeat_interval
+        )
+        self.control_dir = settings.data_dir / "control"
+        self.requests = RequestFolder(settings.data_dir / "requests", app)
+        self.active = False
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.finished = False
+        self._echo = echo or (lambda text: log.info(text))
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._last_lease = 0.0
+        self._last_sweep = 0.0
+        app.bus.subscribe(JobChanged, self._on_job_changed)
+
+    # ------------------------------------------------------------------ lifecycle
+    def serve(self) -> int:
+        """Run until a ``stop`` control file (or ``request_stop``); exit code 0."""
+        for folder in (self.control_dir, self.requests.root):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.pool.start()
+        self._echo(f"server {self.id}: {self.settings.max_running} workers, waiting for lease")
+        try:
+            while not self.finished:
+                self.step()
+                if not self.finished:
+                    self._sleep()
+        finally:
+            self.pool.stop()
+            if self.active:
+                self.lease.release()
+            self.lease.register("stopped")
+        self._echo(f"server {self.id}: stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        """Stop gracefully: start nothing new, let running jobs end (up to stop_grace)."""
+        if not self.stopping:
+            self.stopping = True
+            self.stop_deadline = time.monotonic() + self.settings.stop_grace
+            self._echo(f"server {self.id}: stopping, waiting for {len(self.pool.busy())} jobs")
+        self.wake()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"w")
+
+    def _on_job_changed(self, event: JobChanged) -> None:
+        if event.state == "queued":
+            self.wake()
+
+    # ------------------------------------------------------------------ one turn
+    def step(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lease >= min(1.0, self.settings.lease_timeout / 3):
+            self._last_lease = now
+            was_active = self.active
+            self.active = self.lease.acquire()
+            self.lease.register("active" if self.active else "standby")
+            if self.active and not was_active:
+                self._echo(f"server {self.id}: active (holds the scheduler lease)")
+            elif was_active and not self.active:
+                self._echo(f"server {self.id}: lost the lease, standing by")
+        self._finish_collected()
+        if not self.active:
+            if self.stopping:
+                self.finished = True
+            return
+        if now - self._last_sweep >= self.settings.poll_interval:
+            self._last_sweep = now
+            self._control_files()
+            self.requests.scan()
+            self.app.jobs.expire()
+            self.app.jobs.lost(timedelta(seconds=self.settings.heartbeat_timeout))
+        self._kills()
+        if self.stopping:
+            self._stop_when_done()
+        else:
+            self._start_due()
+
+    def _finish_collected(self) -> None:
+        for job_id, outcome, worker in self.pool.collect():
+            if outcome == "died":
+                job = self.app.jobs.finish(
+                    job_id, worker, "failed", "worker process died while running the job"
+                )
+                self._echo(
+                    f"job {job_id}: worker {worker} died" + (f", job {job.state}" if job else "")
+                )
+
+    def _start_due(self) -> None:
+        idle = self.pool.idle()
+        if not idle:
+            return
+        running = self.app.jobs.running()
+        free = self.settings.max_running - len(running)
+        if free <= 0:
+            return
+        by_flow = Counter(j.flow_id for j in running)
+        by_pool = Counter(j.pool for j in running if j.pool)
+        closed = self._closed_conditions()
+        for worker in idle[:free]:
+            full_flows = [f for f, n in self.settings.flow_limits.items() if by_flow[f] >= n]
+            full_pools = [p for p, n in self.settings.pools.items() if by_pool[p] >= n]
+            job = self.app.jobs.claim(
+                worker.name,
+                exclude_flows=full_flows,
+                exclude_pools=full_pools,
+                closed_conditions=closed,
+            )
+            if job is None:
+                return
+            self.pool.dispatch(worker, job.id)
+            by_flow[job.flow_id] += 1
+            if job.pool:
+                by_pool[job.pool] += 1
+
+    def _closed_conditions(self) -> list[str]:
+        """Names of time conditions whose windows are shut right now (jobs wait)."""
+        return self.app.closed_conditions()
+
+    # ------------------------------------------------------------------ kill and stop
+    def _kills(self) -> None:
+        busy = self.pool.busy()
+        for job in self.app.jobs.kill_requests():
+            if job.id not in busy:
+                continue
+            self.pool.cancel(job.id)
+            age = self.pool.cancel_age(job.id) or 0.0
+            if age >= self.settings.kill_grace:
+                self._hard_kill(job, "killed: did not stop within the grace period")
+
+    def _hard_kill(self, job: Job, reason: str) -> None:
+        worker = self.pool.kill(job.id)
+        if worker is not None:
+            self.app.jobs.finish(job.id, worker, "cancelled", reason)
+            self._echo(f"job {job.id}: {reason}")
+
+    def _control_files(self) -> None:
+        kill = self.control_dir / "kill"
+        stop = self.control_dir / "stop"
+        if kill.exists():
+            kill.unlink(missing_ok=True)
+            running = list(self.pool.busy())
+            self._echo(f"control file kill: cancelling {len(running)} running jobs")
+            for job_id in running:
+                self.app.jobs.request_kill(job_id)
+        if stop.exists():
+            stop.unlink(missing_ok=True)
+            self._echo("control file stop")
+            self.request_stop()
+
+    def _stop_when_done(self) -> None:
+        busy = self.pool.busy()
+        if not busy:
+            self.finished = True
+            return
+        if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
+            for job_id in list(busy):
+                self._hard_kill(self.app.jobs.get(job_id), "killed: server stopped")
+            self.finished = True
+
+    # ------------------------------------------------------------------ waiting
+    def _sleep(self) -> None:
+        timeout = self.settings.poll_interval
+        if self.active and not self.stopping and self.pool.idle():
+            due = self.app.jobs.next_due()
+            if due is not None:
+                # a job due in the past that could not start (group, limit, window)
+                # must not turn this into a busy loop: only future due times shorten it
+                until = (due - self.app.clock.now()).total_seconds()
+                if until > 0:
+                    timeout = min(timeout, until)
+        ready = wait([self._wake_r, *self.pool.connections()], timeout)
+        if self._wake_r in ready:
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
