@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from engine.durations import parse_duration
+from engine.calendars import parse_every, preview
 from engine.jobs import STATES, Job
 from engine.service import Flowmill
 
@@ -85,9 +85,81 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("id")
         _data_dir(p)
 
+    sched = sub.add_parser("schedules", help="recurring jobs")
+    sched_sub = sched.add_subparsers(dest="action", required=True)
+    add = sched_sub.add_parser("add", help="run a flow on a schedule")
+    add.add_argument("name")
+    add.add_argument("flow", help="server flow id, or a flow file (imported)")
+    _timing(add)
+    add.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
+    add.add_argument("--priority", type=int, default=0)
+    _data_dir(add)
+    sl = sched_sub.add_parser("list", help="schedules with their next fire time")
+    sl.add_argument("--json", action="store_true")
+    _data_dir(sl)
+    rm = sched_sub.add_parser("remove")
+    rm.add_argument("name")
+    _data_dir(rm)
+    pv = sched_sub.add_parser("preview", help="print the next fire times, one ISO time a line")
+    _timing(pv)
+    pv.add_argument("--from", dest="start", help="ISO time to start from (default now)")
+    pv.add_argument("--count", type=int, default=10)
+    _data_dir(pv)
+
+    cal = sub.add_parser("calendars", help="named holiday and exclusion calendars")
+    cal_sub = cal.add_subparsers(dest="action", required=True)
+    cs = cal_sub.add_parser("set", help="define a calendar")
+    cs.add_argument("name")
+    cs.add_argument("--holidays", help="public holidays of a region, e.g. DE-BY")
+    cs.add_argument("--exclude", action="append", default=[], metavar="YYYY-MM-DD")
+    _data_dir(cs)
+    _data_dir(cal_sub.add_parser("list"))
+
+    cond = sub.add_parser("conditions", help="named time conditions (allowed windows)")
+    cond_sub = cond.add_subparsers(dest="action", required=True)
+    cn = cond_sub.add_parser("set", help="define a time condition")
+    cn.add_argument("name")
+    cn.add_argument(
+        "--window",
+        action="append",
+        default=[],
+        metavar="KIND=HH:MM-HH:MM",
+        help="workday|saturday|sunday = windows, 'all' or 'none'",
+    )
+    cn.add_argument("--calendar", help="whose holidays count as Sundays")
+    _data_dir(cn)
+    _data_dir(cond_sub.add_parser("list"))
+
     status = sub.add_parser("status", help="servers, the active one, queue depth, running jobs")
     status.add_argument("--json", action="store_true")
     _data_dir(status)
+
+
+def _timing(parser: argparse.ArgumentParser) -> None:
+    when = parser.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help="cron expression on local time, e.g. '0 2 * * 1-5'")
+    when.add_argument("--every", help="interval, e.g. 15m")
+    parser.add_argument("--tz", default="Europe/Berlin")
+    parser.add_argument("--calendar", help="calendar name or region code (DE-BY)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--condition", help="name of a time condition")
+    where.add_argument(
+        "--window",
+        action="append",
+        metavar="KIND=HH:MM-HH:MM",
+        help="allowed windows, e.g. workday=06:00-20:00 sunday=none",
+    )
+    parser.add_argument("--misfire", choices=("run_once", "skip"), default="run_once")
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {"tz": args.tz, "misfire": args.misfire}
+    for key in ("cron", "every", "calendar", "condition"):
+        if getattr(args, key, None):
+            spec[key] = getattr(args, key)
+    if getattr(args, "window", None):
+        spec["windows"] = _pairs(args.window)
+    return spec
 
 
 def _pairs(items: list[str]) -> dict[str, str]:
@@ -134,7 +206,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             _pairs(args.param),
             priority=args.priority,
             not_before=_when(args.at),
-            max_delay=parse_duration(args.max_delay, "--max-delay") if args.max_delay else None,
+            max_delay=parse_every(args.max_delay, "--max-delay") if args.max_delay else None,
             group=args.group,
             pool=args.pool,
             time_condition=args.condition,
@@ -215,6 +287,59 @@ def cmd_flows(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    with Flowmill.open(args.data_dir) as app:
+        if args.action == "add":
+            info = app.add_schedule(
+                args.name, args.flow, _spec(args), _pairs(args.param), args.priority
+            )
+            upcoming = info.next_fire.isoformat() if info.next_fire else "-"
+            print(f"schedule {info.name}: next {upcoming}")
+        elif args.action == "list":
+            found = app.schedules.list()
+            if args.json:
+                print(json.dumps([i.to_dict() for i in found], indent=2, ensure_ascii=False))
+            for info in [] if args.json else found:
+                when = info.spec.get("cron") or f"every {info.spec.get('every')}"
+                nxt = info.next_fire.isoformat() if info.next_fire else "-"
+                error = f"  ERROR {info.error}" if info.error else ""
+                print(f"{info.name:<24} {info.flow_id:<24} {when:<18} next {nxt}{error}")
+        elif args.action == "remove":
+            app.schedules.remove(args.name)
+            print(f"schedule {args.name}: removed")
+        else:
+            schedule = app.schedules.build(_spec(args))
+            start = _when(args.start) or app.clock.now()
+            for moment in preview(schedule, start, args.count):
+                print(moment.astimezone(schedule.zone).isoformat())
+    return EXIT_OK
+
+
+def cmd_calendars(args: argparse.Namespace) -> int:
+    with Flowmill.open(args.data_dir) as app:
+        if args.action == "set":
+            app.schedules.set_calendar(args.name, args.holidays, args.exclude)
+            print(f"calendar {args.name} saved")
+        else:
+            for name, calendar in app.schedules.calendars().items():
+                region = "-".join(x for x in (calendar.country, calendar.subdiv) if x) or "-"
+                days = ", ".join(d.isoformat() for d in sorted(calendar.exclusions))
+                print(f"{name:<20} holidays {region:<8} exclusions {days or '-'}")
+    return EXIT_OK
+
+
+def cmd_conditions(args: argparse.Namespace) -> int:
+    with Flowmill.open(args.data_dir) as app:
+        if args.action == "set":
+            app.schedules.set_condition(args.name, _pairs(args.window), args.calendar)
+            print(f"condition {args.name} saved")
+        else:
+            for name, (condition, calendar) in app.schedules.conditions().items():
+                windows = " ".join(f"{k}={v}" for k, v in condition.to_spec().items())
+                print(f"{name:<20} {windows}  calendar {calendar or '-'}")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with Flowmill.open(args.data_dir) as app:
         report = app.status()
@@ -245,4 +370,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "jobs": cmd_jobs,
     "flows": cmd_flows,
     "status": cmd_status,
+    "schedules": cmd_schedules,
+    "calendars": cmd_calendars,
+    "conditions": cmd_conditions,
 }

@@ -121,6 +121,8 @@ class BatchServer:
             self._last_sweep = now
             self._control_files()
             self.requests.scan()
+            for name, job in self.app.fire_schedules():
+                self._echo(f"schedule {name}: job {job.id}")
             self.app.jobs.expire()
             self.app.jobs.lost(timedelta(seconds=self.settings.heartbeat_timeout))
         self._kills()

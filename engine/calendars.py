@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from types import MappingProxyType
@@ -222,6 +222,11 @@ class Calendar:
         object.__setattr__(self, "exclusions", frozenset(days))
         object.__setattr__(self, "exclusion_names", MappingProxyType(names))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        region = (self.country, self.subdiv)
+        days = (self.exclusions, dict(self.exclusion_names))
+        return (type(self), (self.name, *region, *days, self.language))
+
     @classmethod
     def parse(
         cls,
@@ -394,6 +399,10 @@ class TimeCondition:
 
     def __hash__(self) -> int:
         return hash((self.name, tuple(sorted(self.windows.items()))))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # mappingproxy does not pickle; rebuilding also re-validates
+        return (type(self), (self.name, dict(self.windows)))
 
     @classmethod
     def parse(cls, name: str, spec: Mapping[str, str | Sequence[str]]) -> TimeCondition:
@@ -685,7 +694,7 @@ def _cron_misses_every_window(
     minutes = range(60) if minutes == ["*"] else [m for m in minutes if isinstance(m, int)]
     hours = range(24) if hours == ["*"] else [h for h in hours if isinstance(h, int)]
     if weekdays == ["*"] or days != ["*"] or not all(isinstance(w, int) for w in weekdays):
-        weekdays = range(7)  # with a day of month, cron ORs the two: any weekday may match
+        weekdays = range(7)  # a day-of-month rule can land on any weekday
     kinds = {"sunday" if w % 7 == 0 else "saturday" if w == 6 else "workday" for w in weekdays}
     if calendar is not None:
         kinds.add("sunday")  # any of those days may be a holiday
@@ -748,7 +757,8 @@ class Schedule:
                     raise ScheduleError(
                         "condition",
                         f"schedule never fires: no time of cron {expr!r} lies in a window of "
-                        f"condition {self.condition.name!r} on {', '.join(kinds)} days",
+                        f"condition {self.condition.name!r} (day kinds it can hit: "
+                        f"{', '.join(kinds)})",
                     )
             source = _CronSource(expr, zone)
         else:
@@ -837,6 +847,10 @@ class Schedule:
                 parse_every(str(grace), "misfire_grace") if grace else DEFAULT_MISFIRE_GRACE
             ),
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # only the declared fields travel (to worker processes); the search state is rebuilt
+        return (type(self), tuple(getattr(self, f.name) for f in fields(self)))
 
     @property
     def zone(self) -> ZoneInfo:

@@ -19,7 +19,7 @@ from typing import Any
 
 import jsonschema
 
-from engine.durations import parse_duration
+from engine.calendars import parse_every
 from engine.errors import FlowmillError
 
 __all__ = ["REQUEST_SCHEMA", "RequestFolder"]
@@ -95,7 +95,7 @@ class RequestFolder:
                 request.get("params") or {},
                 priority=request.get("priority", 0),
                 not_before=_when(request.get("not_before")),
-                max_delay=parse_duration(request["max_delay"], "max_delay")
+                max_delay=parse_every(request["max_delay"], "max_delay")
                 if request.get("max_delay")
                 else None,
                 group=request.get("group"),

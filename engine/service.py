@@ -23,6 +23,7 @@ from engine.jobs import Job, JobStore
 from engine.params import resolve_params
 from engine.recorder import RunRecorder
 from engine.registry import Registry
+from engine.schedules import ScheduleInfo, ScheduleStore
 from engine.store import RunStore, open_store
 from engine.store_sql import SqlRunStore
 from engine.validate import ValidationIssue, validate_flow
@@ -51,6 +52,7 @@ class Flowmill:
         self.clock = clock or SystemClock()
         self._jobs: JobStore | None = None
         self._flows: FlowStore | None = None
+        self._schedules: ScheduleStore | None = None
         self.recorder = RunRecorder(store, self.bus)
         self.executor = Executor(
             registry,
@@ -254,6 +256,46 @@ class Flowmill:
             "running": [j.to_dict() for j in self.jobs.running()],
         }
 
+    # -- schedules, calendars, time conditions ------------------------------------------
+    @property
+    def schedules(self) -> ScheduleStore:
+        if self._schedules is None:
+            self._schedules = ScheduleStore(self._sql_store(), self.clock)
+        return self._schedules
+
+    def add_schedule(
+        self,
+        name: str,
+        ref: str,
+        spec: Mapping[str, Any],
+        params: Mapping[str, Any] | None = None,
+        priority: int = 0,
+    ) -> ScheduleInfo:
+        """Run a flow recurrently; ``ref`` is a server flow id or a flow file (imported)."""
+        if ref.endswith(".json") or Path(ref).is_file():
+            info, _ = self.import_flow(ref)
+            flow_id = info.id
+        else:
+            flow_id = self.flows.info(ref).id
+        flow, _ = self.flows.get(flow_id)
+        typed = resolve_params(flow, params)
+        given = {k: typed[k] for k in (params or {})}
+        return self.schedules.add(name, flow_id, spec, given, priority)
+
+    def fire_schedules(self) -> list[tuple[str, Any]]:
+        """Submit the jobs of every schedule that is due now (one per schedule at most)."""
+
+        def submit(info: ScheduleInfo, moment: datetime) -> Job:
+            return self.submit(
+                info.flow_id,
+                info.params,
+                priority=info.priority,
+                source=f"schedule {info.name} ({moment.isoformat()})",
+                schedule=info.name,
+            )
+
+        return self.schedules.fire(submit)
+
     def closed_conditions(self) -> list[str]:
         """Time conditions whose windows are shut now: their jobs wait."""
-        return []
+        return self.schedules.closed_conditions(self.clock.now())
