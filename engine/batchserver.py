@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -62,6 +62,9 @@ class BatchServer:
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._last_lease = 0.0
         self._last_sweep = 0.0
+        self._closed: list[str] = []  # time conditions shut now (refreshed every sweep)
+        self._killing: set[int] = set()  # jobs with a kill request, until they end
+        self._next_due: datetime | None = None  # when the next queued job becomes due
         app.bus.subscribe(JobChanged, self._on_job_changed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -123,8 +126,10 @@ class BatchServer:
             self.requests.scan()
             for name, job in self.app.fire_schedules():
                 self._echo(f"schedule {name}: job {job.id}")
+            self._closed = self.app.closed_conditions()
             self.app.jobs.expire()
             self.app.jobs.lost(timedelta(seconds=self.settings.heartbeat_timeout))
+            self._killing.update(j.id for j in self.app.jobs.kill_requests())
         self._kills()
         if self.stopping:
             self._stop_when_done()
@@ -145,13 +150,18 @@ class BatchServer:
         idle = self.pool.idle()
         if not idle:
             return
-        running = self.app.jobs.running()
-        free = self.settings.max_running - len(running)
+        # only the active server starts jobs, so its busy workers are what runs; the
+        # store is asked only when per-flow or per-pool limits need the details
+        free = self.settings.max_running - len(self.pool.busy())
         if free <= 0:
             return
-        by_flow = Counter(j.flow_id for j in running)
-        by_pool = Counter(j.pool for j in running if j.pool)
-        closed = self._closed_conditions()
+        by_flow: Counter[str] = Counter()
+        by_pool: Counter[str] = Counter()
+        if self.settings.flow_limits or self.settings.pools:
+            running = self.app.jobs.running()
+            by_flow.update(j.flow_id for j in running)
+            by_pool.update(j.pool for j in running if j.pool)
+        closed = self._closed
         for worker in idle[:free]:
             full_flows = [f for f, n in self.settings.flow_limits.items() if by_flow[f] >= n]
             full_pools = [p for p, n in self.settings.pools.items() if by_pool[p] >= n]
@@ -162,26 +172,29 @@ class BatchServer:
                 closed_conditions=closed,
             )
             if job is None:
+                # nothing due now: remember when the next one is, to wake up for it
+                self._next_due = self.app.jobs.next_due()
                 return
             self.pool.dispatch(worker, job.id)
             by_flow[job.flow_id] += 1
             if job.pool:
                 by_pool[job.pool] += 1
 
-    def _closed_conditions(self) -> list[str]:
-        """Names of time conditions whose windows are shut right now (jobs wait)."""
-        return self.app.closed_conditions()
-
     # ------------------------------------------------------------------ kill and stop
     def _kills(self) -> None:
+        """Cancel jobs with a kill request; terminate those that ignore it past the grace."""
         busy = self.pool.busy()
-        for job in self.app.jobs.kill_requests():
-            if job.id not in busy:
+        for job_id in list(self._killing):
+            if job_id not in busy:
+                self._killing.discard(job_id)
                 continue
-            self.pool.cancel(job.id)
-            age = self.pool.cancel_age(job.id) or 0.0
+            self.pool.cancel(job_id)
+            age = self.pool.cancel_age(job_id) or 0.0
             if age >= self.settings.kill_grace:
-                self._hard_kill(job, "killed: did not stop within the grace period")
+                self._killing.discard(job_id)
+                self._hard_kill(
+                    self.app.jobs.get(job_id), "killed: did not stop within the grace period"
+                )
 
     def _hard_kill(self, job: Job, reason: str) -> None:
         worker = self.pool.kill(job.id)
@@ -198,6 +211,7 @@ class BatchServer:
             self._echo(f"control file kill: cancelling {len(running)} running jobs")
             for job_id in running:
                 self.app.jobs.request_kill(job_id)
+                self._killing.add(job_id)
         if stop.exists():
             stop.unlink(missing_ok=True)
             self._echo("control file stop")
@@ -217,7 +231,7 @@ class BatchServer:
     def _sleep(self) -> None:
         timeout = self.settings.poll_interval
         if self.active and not self.stopping and self.pool.idle():
-            due = self.app.jobs.next_due()
+            due = self._next_due
             if due is not None:
                 # a job due in the past that could not start (group, limit, window)
                 # must not turn this into a busy loop: only future due times shorten it

@@ -13,6 +13,7 @@ Everything it observes goes out as events on the bus; the run store records them
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import shutil
 import threading
@@ -47,7 +48,7 @@ from engine.events import (
     RunFinished,
     RunStarted,
 )
-from engine.flow import dump_flow, flow_hash
+from engine.flow import dump_flow
 from engine.params import expand_builtins, resolve_params, substitute
 from engine.registry import Registry
 from engine.spec import DEFAULT_BATCH_SIZE, ERROR_PORT, NodeLogger, NodeSpec, RunContext
@@ -218,6 +219,7 @@ class Executor:
         self.queue_depth = queue_depth
         self.connection_lookup = connection_lookup
         self.secret_lookup = secret_lookup
+        self._known: set[str] = set()  # hashes of flow versions validated and pinned
 
     # ------------------------------------------------------------------ public
     def run(
@@ -235,15 +237,21 @@ class Executor:
             FlowValidationError: the flow is not valid (nothing ran).
             ParamError: a param is missing or has the wrong type (nothing ran).
         """
-        issues = validate_flow(flow, self.registry)
-        if issues:
-            raise FlowValidationError(flow.get("id") if isinstance(flow, dict) else None, issues)
+        text = dump_flow(flow) if isinstance(flow, dict) else ""
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if digest not in self._known:
+            # a flow version is validated and pinned once per process, not once per run
+            issues = validate_flow(flow, self.registry)
+            if issues:
+                raise FlowValidationError(
+                    flow.get("id") if isinstance(flow, dict) else None, issues
+                )
+            if self.store is not None:
+                self.store.save_flow_version(flow["id"], digest, text)
+            self._known.add(digest)
         values = resolve_params(flow, params)
         _tune_gc()
         run_id = run_id or uuid.uuid4().hex
-        digest = flow_hash(flow)
-        if self.store is not None:
-            self.store.save_flow_version(flow["id"], digest, dump_flow(flow))
         work_dir = self.data_dir / "work" / run_id
         work_dir.mkdir(parents=True, exist_ok=True)
         builtins = {

@@ -8,7 +8,9 @@ servers can never start the same job.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -465,6 +467,7 @@ class JobStore:
             )
         values = {
             "state": "running",
+            "run_id": uuid.uuid4().hex,  # the run this start will record
             "worker": worker,
             "started_at": now,
             "heartbeat_at": now,
@@ -482,29 +485,24 @@ class JobStore:
                     sa.update(jobs)
                     .where(jobs.c.id == pick.scalar_subquery())
                     .values(**values)
-                    .returning(jobs.c.id)
+                    .returning(*jobs.c)
                 ).first()
-                job_id = row[0] if row else None
+                if row is None:
+                    return None
+                job = _job(row)
             else:
                 # MariaDB cannot UPDATE … RETURNING nor read the updated table in a
                 # subquery: lock the row (skipping rows others hold), then update it.
                 job_id = conn.execute(pick.with_for_update(skip_locked=True)).scalar()
-                if job_id is not None:
-                    conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
-            if job_id is None:
-                return None
-            self._log(conn, job_id, f"started on {worker}")
-            return self._get(conn, job_id)
+                if job_id is None:
+                    return None
+                conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+                job = self._get(conn, job_id)
+            self._log(conn, job.id, f"started on {worker}")
+            return job
 
         job = self._tx(work)
         return self._changed(job, "queued") if job else None
-
-    def set_run(self, job_id: int, run_id: str) -> None:
-        self._tx(
-            lambda conn: conn.execute(
-                sa.update(jobs).where(jobs.c.id == job_id).values(run_id=run_id)
-            )
-        )
 
     def heartbeat(self, job_id: int, worker: str) -> bool:
         """Worker is alive; False when the job is no longer this worker's (stop it)."""
@@ -551,7 +549,8 @@ class JobStore:
             values["state"] = final
             conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
             self._log(conn, job_id, message)
-            updated = self._get(conn, job_id)
+            changed = {k: v for k, v in values.items() if k != "updated_at"}
+            updated = dataclasses.replace(job, **changed)
             if final in FAILED_STATES:
                 self._abort_group_rest(conn, updated)
             return updated, job.state

@@ -8,8 +8,11 @@ lock serialises the writers of one run (SQLite serialises all writers anyway wit
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -69,7 +72,12 @@ def make_engine(url: str | sa.URL) -> Engine:
     if backend == "sqlite":
         engine = sa.create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_on_begin)
+        if url.database and url.database != ":memory:":
+            gate = _WriteGate(Path(url.database).with_name(Path(url.database).name + "-writers"))
+            event.listen(engine, "begin", gate.begin)
+            event.listen(engine.pool, "checkin", gate.checkin)
+        else:
+            event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     options: dict[str, Any] = {"pool_pre_ping": True}
     if backend in ("mysql", "mariadb"):
@@ -94,6 +102,49 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # A deferred transaction that reads and then writes cannot wait for the lock in WAL
     # mode (SQLITE_BUSY at once); IMMEDIATE takes the write lock up front and waits.
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+class _WriteGate:
+    """Queue SQLite writers of all processes on an flock before ``BEGIN IMMEDIATE``.
+
+    SQLite lets one writer in at a time and makes the others retry after sleeps of 1, 2,
+    5, 10… ms; with a server and worker processes writing small transactions all the
+    time, those sleeps cost more than the writes. Waiting on a file lock instead wakes
+    the next writer the moment the previous one is done. The kernel drops the lock of a
+    process that dies, so a killed worker never blocks the others.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._fd: int | None = None
+        self._holders: dict[int, int] = {}  # id(dbapi connection) -> depth
+
+    def begin(self, conn: Connection) -> None:
+        if conn.get_execution_options().get(_WRITE):
+            self._lock.acquire()
+            try:
+                if not self._holders:
+                    if self._fd is None:
+                        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
+                key = id(conn.connection.dbapi_connection)
+                self._holders[key] = self._holders.get(key, 0) + 1
+            except BaseException:
+                self._lock.release()
+                raise
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    def checkin(self, dbapi_connection: Any, _record: Any) -> None:
+        depth = self._holders.pop(id(dbapi_connection), 0)
+        if not depth:
+            return
+        if not self._holders and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        for _ in range(depth):
+            self._lock.release()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -220,9 +220,13 @@ jobs = sa.Table(
     sa.Column("schedule", sa.String(ID), nullable=True),
     sa.Column("flow_dir", LongText, nullable=True),  # ${flow_dir}: folder of the flow file
     sa.Column("updated_at", UTCDateTime(), nullable=False),
-    sa.Index("ix_jobs_state_priority_submitted_at", "state", "priority", "submitted_at"),
     sa.Index("ix_jobs_group_name_group_pos", "group_name", "group_pos"),
     **MYSQL_OPTIONS,
+)
+
+# the claim order (priority DESC, submitted_at, id) straight from the index, no sort
+sa.Index(
+    "ix_jobs_claim_order", jobs.c.state, jobs.c.priority.desc(), jobs.c.submitted_at, jobs.c.id
 )
 
 job_log = sa.Table(

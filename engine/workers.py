@@ -204,6 +204,10 @@ def worker_main(conn: Connection, data_dir: str, name: str, heartbeat: float) ->
         app.close()
 
 
+# flow versions never change (they are named by their hash): parse each once per worker
+_FLOWS: dict[str, dict[str, Any]] = {}
+
+
 def run_job(app: Any, job_id: int, worker: str, heartbeat: float, cancel: threading.Event) -> str:
     """Run one claimed job to its end and record the outcome; returns the job state."""
     import uuid
@@ -226,13 +230,14 @@ def run_job(app: Any, job_id: int, worker: str, heartbeat: float, cancel: thread
 
     threading.Thread(target=beat, name="flowmill-heartbeat", daemon=True).start()
     try:
-        run_id = uuid.uuid4().hex
-        js.set_run(job_id, run_id)
-        text = app.store.get_flow_version(job.flow_hash)
-        if text is None:
-            final = js.finish(job_id, worker, "failed", f"flow version {job.flow_hash} is gone")
-            return final.state if final else "failed"
-        flow = parse_flow_text(text, f"flow {job.flow_id}")
+        run_id = job.run_id or uuid.uuid4().hex
+        flow = _FLOWS.get(job.flow_hash)
+        if flow is None:
+            text = app.store.get_flow_version(job.flow_hash)
+            if text is None:
+                final = js.finish(job_id, worker, "failed", f"flow version {job.flow_hash} is gone")
+                return final.state if final else "failed"
+            flow = _FLOWS[job.flow_hash] = parse_flow_text(text, f"flow {job.flow_id}")
         result = app.executor.run(
             flow,
             job.params,

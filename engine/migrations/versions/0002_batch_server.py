@@ -65,7 +65,10 @@ def upgrade() -> None:
         **MYSQL_OPTIONS,
     )
     op.create_index(
-        "ix_jobs_state_priority_submitted_at", "jobs", ["state", "priority", "submitted_at"]
+        "ix_jobs_claim_order",
+        "jobs",
+        [sa.column("state"), sa.column("priority").desc(), sa.column("submitted_at"),
+         sa.column("id")],
     )
     op.create_index("ix_jobs_group_name_group_pos", "jobs", ["group_name", "group_pos"])
 
