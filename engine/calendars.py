@@ -50,6 +50,7 @@ __all__ = [
     "TimeCondition",
     "day_kind",
     "parse_every",
+    "SPEC_KEYS",
     "preview",
 ]
 
@@ -80,6 +81,13 @@ _EVERY_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800
 _CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
 
 Spans = tuple[tuple[int, int], ...]  # (start, end) in microseconds of the day, end exclusive
+
+
+# the keys of a schedule's JSON form (trigger.schedule config, `schedules add`, the table)
+SPEC_KEYS = (
+    "cron", "every", "tz", "calendar", "condition", "windows",
+    "misfire", "anchor", "until", "misfire_grace",
+)  # fmt: skip
 
 
 class ScheduleError(FlowmillError):
@@ -795,10 +803,7 @@ class Schedule:
         Raises:
             ScheduleError: naming the key at fault, including unknown keys.
         """
-        known = {
-            "cron", "every", "tz", "calendar", "condition", "windows",
-            "misfire", "anchor", "until", "misfire_grace",
-        }  # fmt: skip
+        known = set(SPEC_KEYS)
         unknown = sorted(set(config) - known)
         if unknown:
             raise ScheduleError(

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from engine.calendars import SPEC_KEYS
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
 from engine.errors import FlowmillError, FlowValidationError
@@ -53,6 +54,7 @@ class Flowmill:
         self._jobs: JobStore | None = None
         self._flows: FlowStore | None = None
         self._schedules: ScheduleStore | None = None
+        self._folder_seen: dict[str, tuple[int, int]] = {}  # flows folder: file -> stat
         self.recorder = RunRecorder(store, self.bus)
         self.executor = Executor(
             registry,
@@ -221,6 +223,75 @@ class Flowmill:
                 where = f"node {line.node_id}" if line.node_id else "run"
                 lines.append(f"{line.ts.isoformat()} {where}: {line.level} {line.message}")
         return lines
+
+    # -- the flows folder and trigger arming ------------------------------------------
+    def sync_flows_folder(self) -> list[str]:
+        """Import the folder's ``*.flow.json`` files that are new or changed; forget flows
+        whose file was deleted. Returns what happened, one line each (for the server log).
+
+        The folder (``[flows] dir``, default ``DATA/flows``) can be a git checkout: it is
+        the source of truth for the flows imported from it. A file that does not validate
+        is reported and skipped; the version imported before stays.
+        """
+        folder = self.settings.flows_path
+        if not folder.is_dir():
+            return []
+        events: list[str] = []
+        seen: set[str] = set()
+        for path in sorted(folder.glob("*.flow.json")):
+            key = str(path.resolve())
+            seen.add(key)
+            try:
+                stamp = path.stat()
+            except FileNotFoundError:
+                continue
+            signature = (stamp.st_mtime_ns, stamp.st_size)
+            if self._folder_seen.get(key) == signature:
+                continue
+            self._folder_seen[key] = signature
+            try:
+                info, changed = self.import_flow(path)
+            except FlowmillError as exc:
+                events.append(f"{path.name}: not imported: {exc}")
+                continue
+            if changed:
+                events.append(f"{path.name}: imported flow {info.id} ({info.flow_hash[:12]})")
+        root = str(folder.resolve())
+        for info in self.flows.list():
+            source = info.source or ""
+            if source.startswith(root + "/") and source not in seen:
+                self.flows.remove(info.id)
+                self._folder_seen.pop(source, None)
+                events.append(f"{Path(source).name}: deleted, flow {info.id} removed")
+        return events
+
+    def arm_triggers(self) -> list[str]:
+        """Keep one schedule per ``trigger.schedule`` node of every enabled flow, and none
+        for disabled or removed flows. Idempotent; returns what changed."""
+        wanted: dict[str, tuple[str, dict[str, Any]]] = {}
+        for info in self.flows.list():
+            if not info.enabled:
+                continue
+            flow, _ = self.flows.get(info.id)
+            for node in flow.get("nodes", []):
+                if node.get("type") == "trigger.schedule" and not node.get("disabled"):
+                    spec = {k: v for k, v in node.get("config", {}).items() if k in SPEC_KEYS}
+                    wanted[f"flow:{info.id}:{node['id']}"] = (info.id, spec)
+        changes = []
+        existing = {s.name: s for s in self.schedules.list() if s.name.startswith("flow:")}
+        for name, (flow_id, spec) in wanted.items():
+            current = existing.get(name)
+            if current is not None and current.spec == spec and current.flow_id == flow_id:
+                continue
+            try:
+                self.schedules.add(name, flow_id, spec)
+                changes.append(f"schedule {name} armed")
+            except FlowmillError as exc:
+                changes.append(f"schedule {name} not armed: {exc}")
+        for name in existing.keys() - wanted.keys():
+            self.schedules.remove(name)
+            changes.append(f"schedule {name} disarmed")
+        return changes
 
     # -- status --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from engine.registry import Registry
 
 BUILTINS = {
     "trigger.manual": "nodes.triggers",
+    "trigger.schedule": "nodes.schedule",
     "file.read": "nodes.files",
     "file.write": "nodes.files",
     "transform.map": "nodes.transform",
