@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.calendars import SPEC_KEYS, Schedule, ScheduleError
-from engine.spec import ConfigProblem, Inputs, NodeSpec, Outputs, RunContext
+from engine.spec import ConfigProblem, NodeSpec
+from nodes.triggers import manual
 
 __all__ = ["NODES", "SCHEDULE"]
 
@@ -77,11 +78,6 @@ def check_schedule(config: dict[str, Any]) -> list[ConfigProblem]:
     return []
 
 
-def scheduled(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
-    """One record with the run's params: the start of a scheduled run."""
-    return {"out": iter([[dict(ctx.params)]])}
-
-
 SCHEDULE = NodeSpec(
     type="trigger.schedule",
     title="Schedule",
@@ -92,7 +88,7 @@ SCHEDULE = NodeSpec(
     config_schema=SCHEDULE_SCHEMA,
     trigger=True,
     check=check_schedule,
-    run=scheduled,
+    run=manual,  # a scheduled run starts like a manual one: one record with its params
 )
 
 NODES = (SCHEDULE,)
