@@ -1,4 +1,4 @@
-"""Batch server commands of ``flowmill``: serve, submit, jobs, flows, status.
+"""Batch server commands of ``flowmill``: serve, worker, submit, jobs, flows, status.
 
 Each command is a thin shell over the service layer (``engine.service.Flowmill``), the same
 functions the REST API and request files use.
@@ -30,6 +30,12 @@ def _data_dir(parser: argparse.ArgumentParser) -> None:
 def add_parsers(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the batch server (scheduler and workers)")
     _data_dir(serve)
+
+    worker = sub.add_parser("worker", help="run a Celery worker for executor 'celery'")
+    worker.add_argument(
+        "--concurrency", type=int, help="jobs at once (default: [scheduler] max_running)"
+    )
+    _data_dir(worker)
 
     submit = sub.add_parser("submit", help="queue a job for a flow; prints the job id")
     submit.add_argument("flow", help="a *.flow.json file (stored and pinned) or a server flow id")
@@ -199,6 +205,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return server.serve()
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from engine.celery_executor import run_worker
+    from engine.config import Settings
+
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ValueError("--concurrency must be at least 1")
+    settings = Settings.load(args.data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.executor != "celery":
+        print(
+            f"note: [scheduler] executor is {settings.executor!r} here; only a server with "
+            "executor 'celery' sends jobs to this worker",
+            file=sys.stderr,
+        )
+    return run_worker(settings, args.concurrency)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     with Flowmill.open(args.data_dir) as app:
         job = app.submit(
@@ -366,6 +389,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
+    "worker": cmd_worker,
     "submit": cmd_submit,
     "jobs": cmd_jobs,
     "flows": cmd_flows,

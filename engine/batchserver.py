@@ -5,6 +5,9 @@ Only the server holding the scheduler lease does any of this; the others wait as
 standby. The loop sleeps on the worker pipes and a wake-up pipe, so a job submitted in
 this process, a finished job, or the next due time wakes it at once; work submitted by
 other processes (the CLI, another server) is seen within ``poll_interval``.
+
+Jobs go to a dispatcher chosen by ``settings.executor``: the local ``WorkerPool`` or the
+``CeleryDispatcher`` (engine/celery_executor.py); both offer the ``Dispatcher`` interface.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Protocol
 
 from engine.events import JobChanged
 from engine.jobs import Job
@@ -32,6 +35,40 @@ __all__ = ["BatchServer"]
 
 log = logging.getLogger(__name__)
 
+FLOWS_EVERY = 2.0  # seconds between looks at the flows folder and at armed triggers
+
+
+class Dispatcher(Protocol):
+    """What the loop needs from an executor. Slots (``idle``) have a ``name`` that is
+    written as the job's worker at claim; ``detached`` executors run jobs outside the
+    server's process tree, so a stopping server neither waits for nor kills them."""
+
+    detached: bool
+
+    def describe(self) -> str: ...
+    def start(self) -> None: ...
+    def stop(self, timeout: float = 5.0) -> None: ...
+    def idle(self) -> list[Any]: ...
+    def busy(self) -> dict[int, Any]: ...
+    def connections(self) -> list[Any]: ...
+    def dispatch(self, slot: Any, job_id: int) -> None: ...
+    def collect(self) -> list[tuple[int, str, str]]: ...
+    def cancel(self, job_id: int) -> bool: ...
+    def cancel_age(self, job_id: int) -> float | None: ...
+    def kill(self, job_id: int) -> str | None: ...
+
+
+def make_dispatcher(app: Flowmill, server_id: str) -> Dispatcher:
+    """The executor named by ``settings.executor``: ``local`` or ``celery``."""
+    settings = app.settings
+    if settings.executor == "celery":
+        from engine.celery_executor import CeleryDispatcher
+
+        return CeleryDispatcher(app, server_id)
+    return WorkerPool(
+        settings.max_running, settings.data_dir, server_id, settings.heartbeat_interval
+    )
+
 
 class BatchServer:
     """One ``flowmill serve`` process tree: scheduler loop plus its worker pool."""
@@ -41,7 +78,7 @@ class BatchServer:
         app: Flowmill,
         *,
         server_id: str | None = None,
-        pool: WorkerPool | None = None,
+        pool: Dispatcher | None = None,
         echo: Any = None,
     ) -> None:
         self.app = app
@@ -49,9 +86,7 @@ class BatchServer:
         self.settings = settings
         self.id = server_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.lease = Lease(app.jobs.store, app.clock, self.id, settings.lease_timeout)
-        self.pool = pool or WorkerPool(
-            settings.max_running, settings.data_dir, self.id, settings.heartbeat_interval
-        )
+        self.pool: Dispatcher = pool or make_dispatcher(app, self.id)
         self.control_dir = settings.data_dir / "control"
         self.requests = RequestFolder(settings.data_dir / "requests", app)
         self.active = False
@@ -62,6 +97,7 @@ class BatchServer:
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._last_lease = 0.0
         self._last_sweep = 0.0
+        self._last_flows = -FLOWS_EVERY
         self._closed: list[str] = []  # time conditions shut now (refreshed every sweep)
         self._killing: set[int] = set()  # jobs with a kill request, until they end
         self._next_due: datetime | None = None  # when the next queued job becomes due
@@ -73,7 +109,7 @@ class BatchServer:
         for folder in (self.control_dir, self.requests.root):
             folder.mkdir(parents=True, exist_ok=True)
         self.pool.start()
-        self._echo(f"server {self.id}: {self.settings.max_running} workers, waiting for lease")
+        self._echo(f"server {self.id}: {self.pool.describe()}, waiting for lease")
         try:
             while not self.finished:
                 self.step()
@@ -92,7 +128,11 @@ class BatchServer:
         if not self.stopping:
             self.stopping = True
             self.stop_deadline = time.monotonic() + self.settings.stop_grace
-            self._echo(f"server {self.id}: stopping, waiting for {len(self.pool.busy())} jobs")
+            running = len(self.pool.busy())
+            if self.pool.detached:
+                self._echo(f"server {self.id}: stopping, {running} jobs continue on their workers")
+            else:
+                self._echo(f"server {self.id}: stopping, waiting for {running} jobs")
         self.wake()
 
     def wake(self) -> None:
@@ -124,6 +164,11 @@ class BatchServer:
             self._last_sweep = now
             self._control_files()
             self.requests.scan()
+            if now - self._last_flows >= FLOWS_EVERY:
+                # the flows folder (maybe a git checkout) and the triggers of enabled flows
+                self._last_flows = now
+                for line in [*self.app.sync_flows_folder(), *self.app.arm_triggers()]:
+                    self._echo(line)
             for name, job in self.app.fire_schedules():
                 self._echo(f"schedule {name}: job {job.id}")
             self._closed = self.app.closed_conditions()
@@ -218,7 +263,7 @@ class BatchServer:
             self.request_stop()
 
     def _stop_when_done(self) -> None:
-        busy = self.pool.busy()
+        busy = {} if self.pool.detached else self.pool.busy()
         if not busy:
             self.finished = True
             return

@@ -84,6 +84,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kill_grace", "scheduler", "kill_grace", ("FLOWMILL_KILL_GRACE",), float, minimum=0),
     Setting("stop_grace", "scheduler", "stop_grace", ("FLOWMILL_STOP_GRACE",), float, minimum=0),
     Setting("broker_url", "celery", "broker", ("FLOWMILL_BROKER_URL",), str),
+    Setting("celery_queue", "celery", "queue", ("FLOWMILL_CELERY_QUEUE",), str),
+    Setting(
+        "celery_visibility_timeout",
+        "celery",
+        "visibility_timeout",
+        ("FLOWMILL_CELERY_VISIBILITY_TIMEOUT",),
+        float,
+        minimum=1,
+    ),
     Setting("flows_dir", "flows", "dir", ("FLOWMILL_FLOWS_DIR",), str),
 )
 # Issue 2 documented these at the top level; they keep working.
@@ -107,6 +116,8 @@ class Settings:
     kill_grace: float = 5.0
     stop_grace: float = 60.0
     broker_url: str | None = None
+    celery_queue: str = "flowmill"
+    celery_visibility_timeout: float = 6 * 3600.0  # must exceed the longest job
     flows_dir: str | None = None  # None: DATA/flows
     pools: dict[str, int] = field(default_factory=dict)  # [pools] erp = 2
     flow_limits: dict[str, int] = field(default_factory=dict)  # [flow_limits] prices = 1

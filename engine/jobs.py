@@ -29,16 +29,27 @@ __all__ = [
     "STATES",
     "FINAL_STATES",
     "ACTIVE_STATES",
+    "Delivery",
     "Job",
     "JobError",
     "JobNotFound",
     "JobStore",
 ]
 
-STATES = ("queued", "held", "running", "succeeded", "failed", "cancelled", "expired", "aborted")
-FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "expired", "aborted"})
+STATES = (
+    "queued",
+    "held",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "expired",
+    "aborted",
+    "dead_letter",  # Celery: its message was delivered more often than max_attempts
+)
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "expired", "aborted", "dead_letter"})
 ACTIVE_STATES = ("queued", "held", "running")
-FAILED_STATES = ("failed", "cancelled", "expired", "aborted")
+FAILED_STATES = ("failed", "cancelled", "expired", "aborted", "dead_letter")
 
 
 class JobError(FlowmillError):
@@ -80,6 +91,7 @@ class Job:
     source: str
     schedule: str | None
     flow_dir: str | None
+    deliveries: int = 0  # Celery executor: how often a worker received the job's message
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,6 +100,15 @@ class Job:
             if isinstance(value, datetime):
                 data[key] = value.isoformat()
         return data
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a worker is to do with a job's broker message (``JobStore.deliver``)."""
+
+    verdict: str  # run | stale | dead_letter | cancelled
+    job: Job | None  # None: no such job
+    lost_run: str | None = None  # run id of an earlier delivery whose worker died
 
 
 def _job(row: Any) -> Job:
@@ -120,6 +141,7 @@ def _job(row: Any) -> Job:
         source=m["source"],
         schedule=m["schedule"],
         flow_dir=m["flow_dir"],
+        deliveries=m["deliveries"],
     )
 
 
@@ -286,6 +308,7 @@ class JobStore:
                     source=source,
                     schedule=schedule,
                     flow_dir=flow_dir,
+                    deliveries=0,
                     updated_at=now,
                 )
             )
@@ -394,6 +417,7 @@ class JobStore:
                 "started_at": None,
                 "kill_requested": False,
                 "worker": None,
+                "deliveries": 0,
             },
             "retry requested",
         )
@@ -515,6 +539,76 @@ class JobStore:
             )
         )
         return result.rowcount == 1
+
+    def deliver(self, job_id: int, token: str, where: str = "") -> Delivery:
+        """A Celery worker received the job's message: check it and count the delivery.
+
+        Broker messages are hints; this one transaction decides what the hint is worth.
+        ``token`` is the ``worker`` value the server wrote at claim. The ``verdict`` of the
+        ``Delivery``:
+
+        - ``"stale"``: the job is no longer ``running`` under ``token`` (finished, requeued
+          or claimed again meanwhile; ``job`` is None when it does not exist): do nothing.
+        - ``"dead_letter"``: this delivery would be number ``max_attempts + 1``: the job is
+          now ``dead_letter`` and must not run.
+        - ``"cancelled"``: a kill was requested before this delivery could start it.
+        - ``"run"``: run it as ``job.worker`` (``token#n`` for delivery n): this delivery
+          now owns the job, so an earlier delivery that is somehow still alive loses its
+          heartbeat and stops. A delivery counts as an attempt: ``attempts`` is raised to
+          ``deliveries`` when a worker died mid-run and the message came back; such a
+          redelivery records a new run (``lost_run`` names the one left unfinished).
+        """
+        now = self.clock.now()
+
+        def work(conn: Connection) -> tuple[Delivery, str | None]:
+            query = sa.select(jobs).where(jobs.c.id == job_id)
+            if conn.dialect.name != "sqlite":  # SQLite: the write transaction serialises
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                return Delivery("stale", None), None
+            job = _job(row)
+            redelivery = (job.worker or "").startswith(token + "#")
+            if job.state != "running" or not (job.worker == token or redelivery):
+                return Delivery("stale", job), None
+            count = job.deliveries + 1
+            on = f" on {where}" if where else ""
+            values: dict[str, Any] = {"deliveries": count, "updated_at": now}
+            if count > job.max_attempts:
+                verdict = "dead_letter"
+                error = f"dead letter: delivered {count} times"
+                values.update(state="dead_letter", error=error, finished_at=now)
+                message = f"{error}{on} (max_attempts {job.max_attempts}); not run again"
+            elif job.kill_requested:
+                verdict = "cancelled"
+                values.update(state="cancelled", error="killed", finished_at=now)
+                message = f"cancelled: killed before delivery {count} started{on}"
+            else:
+                verdict = "run"
+                values.update(
+                    worker=f"{token}#{count}",
+                    heartbeat_at=now,
+                    attempts=max(job.attempts, count),
+                )
+                if redelivery:  # the run id of the claim was used by the lost delivery
+                    values["run_id"] = uuid.uuid4().hex
+                again = " (redelivered: the previous delivery's worker was lost)"
+                message = f"delivery {count}{on}" + (again if redelivery else "")
+            conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+            self._log(conn, job_id, message)
+            updated = dataclasses.replace(
+                job, **{k: v for k, v in values.items() if k != "updated_at"}
+            )
+            delivery = Delivery(verdict, updated, job.run_id if redelivery else None)
+            if verdict != "run":
+                self._abort_group_rest(conn, updated)
+                return delivery, job.state
+            return delivery, None
+
+        delivery, previous = self._tx(work)
+        if previous is not None and delivery.job is not None:
+            self._changed(delivery.job, previous)
+        return delivery
 
     def finish(
         self,

@@ -219,6 +219,7 @@ jobs = sa.Table(
     sa.Column("source", sa.String(40), nullable=False),
     sa.Column("schedule", sa.String(ID), nullable=True),
     sa.Column("flow_dir", LongText, nullable=True),  # ${flow_dir}: folder of the flow file
+    sa.Column("deliveries", sa.Integer, nullable=False, default=0),  # Celery message deliveries
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Index("ix_jobs_group_name_group_pos", "group_name", "group_pos"),
     **MYSQL_OPTIONS,

@@ -41,6 +41,8 @@ class _Worker:
 class WorkerPool:
     """``size`` worker processes; the batch server hands each idle one a job id."""
 
+    detached = False  # jobs run in the server's own worker processes
+
     def __init__(self, size: int, data_dir: Path, server_id: str, heartbeat: float) -> None:
         self.size = size
         self.data_dir = Path(data_dir)
@@ -49,6 +51,9 @@ class WorkerPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
         self._counter = 0
+
+    def describe(self) -> str:
+        return f"{self.size} workers"
 
     def start(self) -> None:
         while len(self._workers) < self.size:
@@ -208,8 +213,22 @@ def worker_main(conn: Connection, data_dir: str, name: str, heartbeat: float) ->
 _FLOWS: dict[str, dict[str, Any]] = {}
 
 
-def run_job(app: Any, job_id: int, worker: str, heartbeat: float, cancel: threading.Event) -> str:
-    """Run one claimed job to its end and record the outcome; returns the job state."""
+def run_job(
+    app: Any,
+    job_id: int,
+    worker: str,
+    heartbeat: float,
+    cancel: threading.Event,
+    *,
+    watch_kill: bool = False,
+) -> str:
+    """Run one claimed job to its end and record the outcome; returns the job state.
+
+    Used by both executors: the local worker processes and the Celery task. A heartbeat
+    thread keeps the job ours; it sets ``cancel`` when the job was taken from us, and with
+    ``watch_kill`` also when a kill was requested in the store (a Celery worker has no pipe
+    from the server, so it reads the kill request itself).
+    """
     import uuid
 
     from engine.errors import FlowmillError
@@ -225,6 +244,9 @@ def run_job(app: Any, job_id: int, worker: str, heartbeat: float, cancel: thread
                 if not js.heartbeat(job_id, worker):
                     cancel.set()  # the job was taken from us (lost heartbeat, kill)
                     return
+                if watch_kill and not cancel.is_set() and js.get(job_id).kill_requested:
+                    log.info("job %s: kill requested, cancelling", job_id)
+                    cancel.set()  # keep beating: the job is still ours until it finishes
             except Exception:  # a store hiccup must not kill the job; next beat retries
                 log.exception("heartbeat of job %s failed", job_id)
 

@@ -22,6 +22,7 @@
 FLOWMILL_TEST_SERVICES=(
   postgresql # 127.0.0.1:5432, user postgres, trust auth for local TCP, database test
   mariadb    # 127.0.0.1:3306, user root with an empty password, database test
+  redis      # 127.0.0.1:6379, no password (Celery broker tests use database 15)
 )
 
 # shellcheck source=scripts/lib.sh
@@ -216,6 +217,42 @@ SQL
   fi
   wait_for 15 "mariadb database test" _my_try test || return 1
   say "mariadb: ready (127.0.0.1:3306, root, database test)"
+}
+
+# --- Redis -------------------------------------------------------------------------------
+
+_redis_try() { # does 127.0.0.1:6379 answer PING? (redis-cli if present, else bash's /dev/tcp)
+  local line=
+  if have redis-cli; then
+    line=$(timeout 3 redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)
+    [ "$line" = PONG ]
+  else
+    { printf 'PING\r\n' >&3 && IFS= read -r -t 3 line <&3; } 2>/dev/null 3<>/dev/tcp/127.0.0.1/6379 ||
+      return 1
+    [ "${line%$'\r'}" = "+PONG" ]
+  fi
+}
+
+ensure_redis() {
+  if _redis_try; then
+    say "redis: ready (127.0.0.1:6379)"
+    return 0
+  fi
+  say "redis: not usable yet; setting it up"
+  if port_open 127.0.0.1 6379; then
+    warn "redis: something listens on 127.0.0.1:6379 but does not answer PING (a password?);"
+    warn "redis: it is left alone: stop it, or point FLOWMILL_TEST_REDIS at a usable Redis"
+    return 1
+  fi
+  if ! have redis-server; then
+    apt_install redis-server || return 1
+  fi
+  # no systemd here: run it ourselves, in memory only (tests need no persistence)
+  say "redis: starting redis-server"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    >/dev/null || return 1
+  wait_for 15 "redis on 127.0.0.1:6379" _redis_try || return 1
+  say "redis: ready (127.0.0.1:6379)"
 }
 
 # Run directly: ensure the services named on the command line (default: all).

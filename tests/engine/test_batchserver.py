@@ -321,3 +321,39 @@ def test_kill_file_cancels_running_jobs_and_stop_file_stops_the_server(make_serv
     status: dict[str, Any] = srv.app.status()
     assert status["lease"] is None  # released on a graceful stop
     assert [s["role"] for s in status["servers"]] == ["stopped"]
+
+
+def test_flows_folder_flow_with_a_schedule_trigger_runs_by_itself(make_server, tmp_path):
+    data = tmp_path / "data"
+    (data / "flows").mkdir(parents=True)
+    write_flow(
+        data / "flows" / "tick.flow.json",
+        {
+            "format": "flowmill/1",
+            "id": "tick",
+            "nodes": [
+                {"id": "every-second", "type": "trigger.schedule", "config": {"every": "1s"}},
+                {"id": "wait", "type": "util.delay", "config": {"seconds": 0}},
+            ],
+            "edges": [
+                {
+                    "source": "every-second",
+                    "source_port": "out",
+                    "target": "wait",
+                    "target_port": "in",
+                }
+            ],
+        },
+    )
+    srv = make_server(max_running=1)
+
+    def ticks() -> list[Job]:
+        return [j for j in srv.app.jobs.list(flow_id="tick") if j.state == "succeeded"]
+
+    srv.wait_for(lambda: len(ticks()) >= 2, seconds=30)
+    assert {j.schedule for j in ticks()} == {"flow:tick:every-second"}
+    srv.app.flows.set_enabled("tick", False)  # disarmed within a couple of seconds
+    time.sleep(3)
+    settled = len(srv.app.jobs.list(flow_id="tick"))
+    time.sleep(2.5)
+    assert len(srv.app.jobs.list(flow_id="tick")) == settled

@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(40), nullable=False),
         sa.Column("schedule", sa.String(ID), nullable=True),
         sa.Column("flow_dir", LongText, nullable=True),
+        sa.Column("deliveries", sa.Integer, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_jobs"),
         **MYSQL_OPTIONS,
