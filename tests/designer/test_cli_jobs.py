@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -226,3 +227,33 @@ def test_status_without_a_server(data_dir: Path):
     assert report["queue_depth"] == 1
     text = fm("status", data_dir=data_dir).stdout
     assert "active server: none" in text and "queue depth: 1" in text
+
+
+def test_serve_runs_a_submitted_job_and_a_stop_file_ends_it_with_exit_0(data_dir: Path):
+    job_id = fm("submit", str(SAMPLE), data_dir=data_dir).stdout.strip()
+    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir)}
+    server = subprocess.Popen(
+        [str(FLOWMILL), "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        state = ""
+        while time.monotonic() < deadline and state != "succeeded":
+            shown = fm("jobs", "show", job_id, "--json", data_dir=data_dir)
+            state = json.loads(shown.stdout)["state"] if shown.returncode == 0 else ""
+            time.sleep(0.3)
+        assert state == "succeeded"
+        (data_dir / "control" / "stop").touch()
+        output, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0
+    assert "active (holds the scheduler lease)" in output and "stopped" in output
+    # the sample wrote into the data directory's demo database
+    assert (data_dir / "demo-erp.db").exists()
