@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from designer import cli_jobs
+from designer import cli_jobs, cli_users
 from designer.nodedocs import render_markdown
 from engine.errors import FlowFormatError, FlowmillError
 from engine.executor import RunResult
@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     for leaf in (*conn_sub.choices.values(), *sec_sub.choices.values()):
         leaf.add_argument("--data-dir", help="data directory")
     cli_jobs.add_parsers(sub)
+    cli_users.add_parsers(sub)
     return parser
 
 
@@ -278,6 +279,7 @@ COMMANDS = {
     "connection": cmd_connection,
     "secret": cmd_secret,
     **cli_jobs.COMMANDS,
+    **cli_users.COMMANDS,
 }
 
 

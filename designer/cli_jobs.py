@@ -196,13 +196,22 @@ def _job_line(job: Job) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from designer.webserver import WebServer
     from engine.batchserver import BatchServer
 
+    def echo(text: str) -> None:
+        print(text, flush=True)
+
     with Flowmill.open(args.data_dir) as app:
-        server = BatchServer(app, echo=lambda text: print(text, flush=True))
+        server = BatchServer(app, echo=echo)
+        web = WebServer(app, echo)
+        web.start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: server.request_stop())
-        return server.serve()
+        try:
+            return server.serve()
+        finally:
+            web.stop()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

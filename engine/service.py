@@ -27,6 +27,7 @@ from engine.registry import Registry
 from engine.schedules import ScheduleInfo, ScheduleStore
 from engine.store import RunStore, open_store
 from engine.store_sql import SqlRunStore
+from engine.users import UserStore
 from engine.validate import ValidationIssue, validate_flow
 
 __all__ = ["Flowmill"]
@@ -54,6 +55,7 @@ class Flowmill:
         self._jobs: JobStore | None = None
         self._flows: FlowStore | None = None
         self._schedules: ScheduleStore | None = None
+        self._users: UserStore | None = None
         self._folder_seen: dict[str, tuple[int, int]] = {}  # flows folder: file -> stat
         self.recorder = RunRecorder(store, self.bus)
         self.executor = Executor(
@@ -92,6 +94,18 @@ class Flowmill:
         if self._flows is None:
             self._flows = FlowStore(self._sql_store(), self.clock)
         return self._flows
+
+    @property
+    def users(self) -> UserStore:
+        """Users, roles, passwords and API tokens (needs a SQL store)."""
+        if self._users is None:
+            self._users = UserStore(self._sql_store(), self.clock)
+        return self._users
+
+    def ensure_admin(self) -> str | None:
+        """First start: create ``admin`` with a random password, written to
+        ``DATA/initial-admin-password`` (0600); returns it to print once, else None."""
+        return self.users.ensure_admin(self.settings.data_dir)
 
     def _sql_store(self) -> SqlRunStore:
         if not isinstance(self.store, SqlRunStore):

@@ -34,6 +34,8 @@ __all__ = [
     "calendars",
     "time_conditions",
     "flows",
+    "users",
+    "api_tokens",
     "UTCDateTime",
 ]
 
@@ -309,5 +311,37 @@ flows = sa.Table(
     sa.Column("enabled", sa.Boolean(), nullable=False),
     sa.Column("source", LongText, nullable=True),  # file it was imported from
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    **MYSQL_OPTIONS,
+)
+
+
+# -- users and API tokens (migration 0003) --------------------------------------------------
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(ID), primary_key=True),  # ^[a-z0-9_.-]{1,64}$
+    sa.Column("password_hash", sa.String(ID), nullable=False),  # scrypt$n$r$p$salt$hash
+    sa.Column("role", sa.String(20), nullable=False),  # admin | editor | operator | viewer
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("disabled", sa.Boolean(), nullable=False),
+    **MYSQL_OPTIONS,
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(ID), primary_key=True),  # short random, shown and revoked by
+    sa.Column(
+        "user", sa.String(ID), sa.ForeignKey("users.name", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("token_hash", sa.String(64), nullable=False),  # sha256 hex; never the token
+    sa.Column("label", sa.String(ID), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("last_used_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked", sa.Boolean(), nullable=False),
+    sa.UniqueConstraint("token_hash"),
+    sa.Index("ix_api_tokens_user", "user"),
     **MYSQL_OPTIONS,
 )

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
+import requests
+
 ROOT = Path(__file__).parents[2]
 SAMPLE = ROOT / "samples" / "csv-to-sql.flow.json"
 FLOWMILL = Path(sys.executable).parent / "flowmill"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def fm(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
@@ -231,7 +240,8 @@ def test_status_without_a_server(data_dir: Path):
 
 def test_serve_runs_a_submitted_job_and_a_stop_file_ends_it_with_exit_0(data_dir: Path):
     job_id = fm("submit", str(SAMPLE), data_dir=data_dir).stdout.strip()
-    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir)}
+    port = free_port()
+    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir), "FLOWMILL_WEB_PORT": str(port)}
     server = subprocess.Popen(
         [str(FLOWMILL), "serve"],
         stdout=subprocess.PIPE,
@@ -248,6 +258,19 @@ def test_serve_runs_a_submitted_job_and_a_stop_file_ends_it_with_exit_0(data_dir
             state = json.loads(shown.stdout)["state"] if shown.returncode == 0 else ""
             time.sleep(0.3)
         assert state == "succeeded"
+        # the web app runs inside serve; the first start made an admin with a printed password
+        password_file = data_dir / "initial-admin-password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        password = password_file.read_text().strip()
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{base}/api/jobs", timeout=5).status_code == 401
+        http = requests.Session()
+        login = http.post(
+            f"{base}/api/login", json={"name": "admin", "password": password}, timeout=5
+        )
+        assert login.status_code == 200
+        jobs = http.get(f"{base}/api/jobs", timeout=5).json()
+        assert [j["state"] for j in jobs] == ["succeeded"]
         (data_dir / "control" / "stop").touch()
         output, _ = server.communicate(timeout=30)
     finally:
@@ -255,5 +278,6 @@ def test_serve_runs_a_submitted_job_and_a_stop_file_ends_it_with_exit_0(data_dir
             server.kill()
     assert server.returncode == 0
     assert "active (holds the scheduler lease)" in output and "stopped" in output
+    assert password in output  # printed once on the console
     # the sample wrote into the data directory's demo database
     assert (data_dir / "demo-erp.db").exists()

@@ -81,7 +81,12 @@ class Cluster:
         return path
 
     def serve(self, name: str) -> subprocess.Popen:
-        env = {**os.environ, "FLOWMILL_DATA_DIR": str(self.data(name)), "FLOWMILL_SECRET_KEY": KEY}
+        env = {
+            **os.environ,
+            "FLOWMILL_DATA_DIR": str(self.data(name)),
+            "FLOWMILL_SECRET_KEY": KEY,
+            "FLOWMILL_WEB_PORT": "0",  # two servers on one machine: no web app needed here
+        }
         proc = subprocess.Popen(
             [str(FLOWMILL), "serve"],
             stdout=subprocess.DEVNULL,
