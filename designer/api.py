@@ -7,7 +7,7 @@ not read (no mass assignment).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -16,6 +16,7 @@ from designer import auth
 from designer.errors import Conflict
 from designer.routing import api_route, openapi_document
 from engine.calendars import parse_every
+from engine.clock import parse_moment
 from engine.errors import FlowmillError, FlowValidationError
 from engine.flow import dump_flow
 from engine.flowstore import FlowNotFound
@@ -228,7 +229,7 @@ def run_flow(flow_id: str) -> Any:
         flow_id,
         params,
         priority=int(data.get("priority") or 0),
-        not_before=_when(data.get("not_before")),
+        not_before=parse_moment(data.get("not_before"), "not_before"),
         max_delay=parse_every(str(data["max_delay"]), "max_delay")
         if data.get("max_delay")
         else None,
@@ -244,16 +245,6 @@ def _validate(flow: Any) -> None:
     issues = service().validate(flow)
     if issues:
         raise FlowValidationError(flow.get("id"), issues)
-
-
-def _when(text: Any) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(str(text))
-    except ValueError:
-        raise FlowmillError(f"not_before: {text!r} is not an ISO date-time") from None
-    return moment if moment.tzinfo else moment.astimezone()
 
 
 # -- jobs ---------------------------------------------------------------------------------

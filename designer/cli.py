@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from designer import cli_jobs, cli_users
+from designer.cli_args import pairs
 from designer.nodedocs import render_markdown
 from engine.errors import FlowFormatError, FlowmillError
 from engine.executor import RunResult
@@ -85,16 +86,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ParamError("-", item, f"{what} must look like NAME=VALUE")
-        out[key.strip()] = value
-    return out
-
-
 def _print_issues(source: str, issues: Sequence[Any]) -> None:
     for issue in issues:
         parts = [source]
@@ -148,7 +139,7 @@ def _counts(counts: dict[str, int]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         flow = load_flow(args.flow)
-        params = _pairs(args.param, "--param")
+        params = pairs(args.param, "--param")
     except (FlowFormatError, ParamError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -233,7 +224,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 def cmd_connection(args: argparse.Namespace) -> int:
     with Flowmill.open(args.data_dir) as app:
         if args.action == "set":
-            settings: dict[str, Any] = _pairs(args.option, "--option")
+            settings: dict[str, Any] = pairs(args.option, "--option")
             if args.url:
                 settings["url"] = args.url
             if not settings:

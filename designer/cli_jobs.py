@@ -11,10 +11,11 @@ import json
 import signal
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
+from designer.cli_args import pairs
 from engine.calendars import parse_every, preview
+from engine.clock import parse_moment
 from engine.jobs import STATES, Job
 from engine.service import Flowmill
 
@@ -164,25 +165,8 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key, None):
             spec[key] = getattr(args, key)
     if getattr(args, "window", None):
-        spec["windows"] = _pairs(args.window)
+        spec["windows"] = pairs(args.window, "--window")
     return spec
-
-
-def _pairs(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{item!r} must look like NAME=VALUE")
-        out[key.strip()] = value
-    return out
-
-
-def _when(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.astimezone()
 
 
 def _job_line(job: Job) -> str:
@@ -235,9 +219,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with Flowmill.open(args.data_dir) as app:
         job = app.submit(
             args.flow,
-            _pairs(args.param),
+            pairs(args.param, "--param"),
             priority=args.priority,
-            not_before=_when(args.at),
+            not_before=parse_moment(args.at, "--at"),
             max_delay=parse_every(args.max_delay, "--max-delay") if args.max_delay else None,
             group=args.group,
             pool=args.pool,
@@ -273,7 +257,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 print(line)
             return EXIT_OK
         if args.action == "set-param":
-            job = app.set_job_params(args.id, _pairs(args.pairs))
+            job = app.set_job_params(args.id, pairs(args.pairs, "set-param"))
             print(_job_line(job))
             return EXIT_OK
         operation: Callable[[int], Job] = {
@@ -323,7 +307,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     with Flowmill.open(args.data_dir) as app:
         if args.action == "add":
             info = app.add_schedule(
-                args.name, args.flow, _spec(args), _pairs(args.param), args.priority
+                args.name, args.flow, _spec(args), pairs(args.param, "--param"), args.priority
             )
             upcoming = info.next_fire.isoformat() if info.next_fire else "-"
             print(f"schedule {info.name}: next {upcoming}")
@@ -341,7 +325,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             print(f"schedule {args.name}: removed")
         else:
             schedule = app.schedules.build(_spec(args))
-            start = _when(args.start) or app.clock.now()
+            start = parse_moment(args.start, "--from") or app.clock.now()
             for moment in preview(schedule, start, args.count):
                 print(moment.astimezone(schedule.zone).isoformat())
     return EXIT_OK
@@ -363,7 +347,7 @@ def cmd_calendars(args: argparse.Namespace) -> int:
 def cmd_conditions(args: argparse.Namespace) -> int:
     with Flowmill.open(args.data_dir) as app:
         if args.action == "set":
-            app.schedules.set_condition(args.name, _pairs(args.window), args.calendar)
+            app.schedules.set_condition(args.name, pairs(args.window, "--window"), args.calendar)
             print(f"condition {args.name} saved")
         else:
             for name, (condition, calendar) in app.schedules.conditions().items():

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Clock", "SystemClock", "FakeClock"]
+from engine.errors import FlowmillError
+
+__all__ = ["Clock", "SystemClock", "FakeClock", "parse_moment"]
 
 
 class Clock(Protocol):
@@ -48,3 +50,20 @@ class FakeClock:
             raise ValueError("FakeClock.set needs an aware datetime")
         with self._lock:
             self._now = moment.astimezone(UTC)
+
+
+def parse_moment(text: Any, field: str = "not_before") -> datetime | None:
+    """An ISO date-time given by a user (CLI, API, request file); None when empty.
+
+    A time without a zone means the server's local wall clock.
+
+    Raises:
+        FlowmillError: naming ``field`` when ``text`` is not an ISO date-time.
+    """
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        raise FlowmillError(f"{field}: {text!r} is not an ISO date-time") from None
+    return moment if moment.tzinfo else moment.astimezone()

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
 from engine.calendars import parse_every
+from engine.clock import parse_moment
 from engine.errors import FlowmillError
 
 __all__ = ["REQUEST_SCHEMA", "RequestFolder"]
@@ -94,7 +94,7 @@ class RequestFolder:
                 request["flow"],
                 request.get("params") or {},
                 priority=request.get("priority", 0),
-                not_before=_when(request.get("not_before")),
+                not_before=parse_moment(request.get("not_before"), "not_before"),
                 max_delay=parse_every(request["max_delay"], "max_delay")
                 if request.get("max_delay")
                 else None,
@@ -118,19 +118,6 @@ class RequestFolder:
         target.with_name(target.name + ".reason.txt").write_text(reason + "\n", "utf-8")
         log.warning("request file %s rejected: %s", path.name, reason)
         return reason
-
-
-def _when(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise FlowmillError(f"not_before: {text!r} is not an ISO date-time") from None
-    if moment.tzinfo is None:
-        # a wall-clock time from a request file means the server's local time
-        moment = moment.astimezone()
-    return moment
 
 
 def _free_name(path: Path) -> Path:
