@@ -13,7 +13,6 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 
 from designer import auth
-from designer.errors import Conflict
 from designer.routing import api_route, openapi_document
 from engine.calendars import parse_every
 from engine.clock import parse_moment
@@ -107,15 +106,9 @@ def list_flows() -> Any:
 )
 def create_flow() -> Any:
     flow = body().get("flow")
-    app = service()
     _validate(flow)
-    try:
-        app.flows.info(flow["id"])
-    except FlowNotFound:
-        info, _ = app.flows.put(flow)
-        app.arm_triggers()
-        return jsonify(_flow_out(flow, info)), 201
-    raise Conflict(f"flow {flow['id']!r} exists already; PUT /api/flows/{flow['id']} changes it")
+    info = service().save_flow(flow, base_hash=None, by=g.user.name)
+    return jsonify(_flow_out(flow, info)), 201
 
 
 @api_route(
@@ -163,17 +156,11 @@ def put_flow(flow_id: str) -> Any:
         raise FlowmillError(f"the flow's id is {flow.get('id')!r}, the URL says {flow_id!r}")
     app = service()
     try:
-        current = app.flows.info(flow_id).flow_hash
+        app.flows.info(flow_id)
+        base = data.get("base_hash")  # an existing flow: the edit must start from its hash
     except FlowNotFound:
-        current = None
-    base = data.get("base_hash")
-    if current is not None and base != current:
-        raise Conflict(
-            f"flow {flow_id} was saved by someone else since you opened it; reload it",
-            [{"current_hash": current, "base_hash": base}],
-        )
-    info, _ = app.flows.put(flow)
-    app.arm_triggers()
+        base = None
+    info = app.save_flow(flow, base_hash=base, by=g.user.name)
     return jsonify(_flow_out(flow, info))
 
 
@@ -186,9 +173,7 @@ def put_flow(flow_id: str) -> Any:
     tag="flows",
 )
 def delete_flow(flow_id: str) -> Any:
-    app = service()
-    app.flows.remove(flow_id)
-    app.arm_triggers()
+    service().remove_flow(flow_id, by=g.user.name)
     return jsonify({"ok": True})
 
 

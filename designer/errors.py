@@ -9,7 +9,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from engine.errors import FlowFormatError, FlowmillError, FlowValidationError
-from engine.flowstore import FlowNotFound
+from engine.flowstore import FlowConflict, FlowNotFound
 from engine.jobs import JobError, JobNotFound
 from engine.params import ParamError
 from engine.users import AuthError, PermissionDenied, UserExists, UserNotFound
@@ -40,6 +40,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (UserNotFound, 404),
     (FlowValidationError, 422),
     (Conflict, 409),
+    (FlowConflict, 409),
     (UserExists, 409),
     (JobError, 409),
     (ParamError, 400),
@@ -61,6 +62,8 @@ def install(app: Flask) -> None:
             details = [issue.to_dict() for issue in exc.issues]
         elif isinstance(exc, Conflict):
             details = exc.details
+        elif isinstance(exc, FlowConflict):
+            details = [{"current_hash": exc.current_hash, "base_hash": exc.base_hash}]
         return jsonify(_body(str(exc), details)), status
 
     @app.errorhandler(HTTPException)

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
-from engine.events import JobChanged
+from engine.events import JobChanged, ServerHeartbeat
 from engine.jobs import Job
 from engine.leases import Lease
 from engine.requestfiles import RequestFolder
@@ -155,6 +155,15 @@ class BatchServer:
                 self._echo(f"server {self.id}: active (holds the scheduler lease)")
             elif was_active and not self.active:
                 self._echo(f"server {self.id}: lost the lease, standing by")
+            self.app.bus.publish(
+                ServerHeartbeat(
+                    run_id="",
+                    server_id=self.id,
+                    active=self.active,
+                    running=len(self.pool.busy()),
+                    queued=self.app.jobs.counts().get("queued", 0) if self.active else 0,
+                )
+            )
         self._finish_collected()
         if not self.active:
             if self.stopping:

@@ -26,6 +26,8 @@ __all__ = [
     "LogEmitted",
     "CustomEvent",
     "JobChanged",
+    "FlowSaved",
+    "ServerHeartbeat",
     "EventBus",
 ]
 
@@ -153,6 +155,31 @@ class JobChanged(Event):
     state: str
     previous: str | None
     error: str | None = None
+    at: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class FlowSaved(Event):
+    """A flow was saved or removed (``removed``); open editors offer a reload.
+
+    ``run_id`` is empty: a flow save belongs to no run.
+    """
+
+    flow_id: str
+    flow_hash: str | None
+    by: str | None
+    removed: bool = False
+    at: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class ServerHeartbeat(Event):
+    """A batch server is alive; ``active`` when it holds the scheduler lease."""
+
+    server_id: str
+    active: bool
+    running: int
+    queued: int
     at: datetime = field(default_factory=_now)
 
 

@@ -20,13 +20,24 @@ from engine.flow import dump_flow, flow_hash, parse_flow_text
 from engine.store_sql import SqlRunStore
 from engine.tables import flows
 
-__all__ = ["FlowInfo", "FlowNotFound", "FlowStore"]
+__all__ = ["FlowConflict", "FlowInfo", "FlowNotFound", "FlowStore"]
+
+ANY = object()  # ``expect``: no optimistic check
 
 
 class FlowNotFound(FlowmillError):
     def __init__(self, flow_id: str) -> None:
         super().__init__(f"flow {flow_id!r} is not on the server (import it first)")
         self.flow_id = flow_id
+
+
+class FlowConflict(FlowmillError):
+    """The flow changed since the caller read it (optimistic locking), or exists already."""
+
+    def __init__(self, message: str, current_hash: str | None, base_hash: str | None) -> None:
+        super().__init__(message)
+        self.current_hash = current_hash
+        self.base_hash = base_hash
 
 
 @dataclass(frozen=True)
@@ -58,17 +69,32 @@ class FlowStore:
         self.store = store
         self.clock = clock or SystemClock()
 
-    def put(self, flow: dict[str, Any], source: str | None = None) -> tuple[FlowInfo, bool]:
+    def put(
+        self, flow: dict[str, Any], source: str | None = None, expect: Any = ANY
+    ) -> tuple[FlowInfo, bool]:
         """Store ``flow`` as the current version of its id; True when that changed anything.
 
         A flow new to the server is enabled; a new version keeps the enabled switch.
+        ``expect`` is the hash the caller's edit started from (None: the flow must be new);
+        checked in the same transaction as the write, so two editors cannot both win.
         """
         digest = flow_hash(flow)
         self.store.save_flow_version(flow["id"], digest, dump_flow(flow))
         now = self.clock.now()
 
         def work(conn: Connection) -> tuple[FlowInfo, bool]:
-            row = conn.execute(sa.select(flows).where(flows.c.id == flow["id"])).first()
+            query = sa.select(flows).where(flows.c.id == flow["id"])
+            row = conn.execute(query.with_for_update()).first()
+            current_hash = None if row is None else row.flow_hash
+            if expect is not ANY and expect != current_hash:
+                if expect is None:
+                    message = f"flow {flow['id']!r} exists already; save it with its hash"
+                else:
+                    message = (
+                        f"flow {flow['id']!r} was saved by someone else since you opened it;"
+                        " reload it"
+                    )
+                raise FlowConflict(message, current_hash, expect)
             if row is None:
                 conn.execute(
                     sa.insert(flows).values(

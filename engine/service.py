@@ -16,10 +16,10 @@ from engine.calendars import SPEC_KEYS
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
 from engine.errors import FlowmillError, FlowValidationError
-from engine.events import EventBus
+from engine.events import EventBus, FlowSaved
 from engine.executor import Executor, RunResult
 from engine.flow import dump_flow, flow_hash, load_flow, parse_flow_text
-from engine.flowstore import FlowInfo, FlowStore
+from engine.flowstore import ANY, FlowInfo, FlowStore
 from engine.jobs import Job, JobStore
 from engine.params import resolve_params
 from engine.recorder import RunRecorder
@@ -161,7 +161,40 @@ class Flowmill:
         """Validate a flow file and make it the current version of its id (enabled if new)."""
         flow = load_flow(path)
         self._check(flow)
-        return self.flows.put(flow, str(Path(path).resolve()))
+        info, changed = self.flows.put(flow, str(Path(path).resolve()))
+        if changed:
+            self._announce(info, None)
+        return info, changed
+
+    def _announce(self, info: FlowInfo, by: str | None) -> None:
+        self.bus.publish(FlowSaved(run_id="", flow_id=info.id, flow_hash=info.flow_hash, by=by))
+
+    def save_flow(
+        self,
+        flow: Any,
+        *,
+        base_hash: Any = ANY,
+        by: str | None = None,
+        source: str | None = None,
+    ) -> FlowInfo:
+        """Validate and store a flow edited in the designer or sent by a script.
+
+        ``base_hash`` is the hash the edit started from (None: a new flow; omitted: no
+        check). Invalid flows raise ``FlowValidationError`` and nothing is saved. Open
+        editors learn about the save from the ``FlowSaved`` event.
+        """
+        self._check(flow)
+        info, changed = self.flows.put(flow, source, expect=base_hash)
+        self.arm_triggers()
+        if changed:
+            self._announce(info, by)
+        return info
+
+    def remove_flow(self, flow_id: str, *, by: str | None = None) -> None:
+        """Take a flow off the server (its versions stay for the runs that used them)."""
+        self.flows.remove(flow_id)
+        self.arm_triggers()
+        self.bus.publish(FlowSaved(run_id="", flow_id=flow_id, flow_hash=None, by=by, removed=True))
 
     def resolve_flow(self, ref: str) -> tuple[dict[str, Any], str, str | None]:
         """A flow by file path (``*.json``, stored and pinned) or by id of a server flow.
