@@ -16,7 +16,8 @@ from typing import Any
 
 from flask import Flask, Response
 
-from designer import api, auth, errors
+from designer import api, auth, errors, pages
+from designer.live import LiveHub
 
 __all__ = ["create_app", "session_key"]
 
@@ -37,8 +38,12 @@ def session_key(data_dir: Path) -> bytes:
 
 
 def create_app(service: Any, config: Mapping[str, Any] | None = None) -> Flask:
-    """A Flask app serving the API for ``service`` (a ``engine.service.Flowmill``)."""
-    app = Flask("designer")
+    """The web app for ``service`` (a ``engine.service.Flowmill``): pages, API and /live.
+
+    ``config`` may set ``FLOWMILL_SOCKETIO_QUEUE`` (default: the environment variable of
+    that name) so several web processes share events through Redis.
+    """
+    app = Flask("designer", root_path=str(Path(__file__).parent))
     try:
         release = version("flowmill")
     except PackageNotFoundError:  # pragma: no cover - running from a plain checkout
@@ -57,6 +62,22 @@ def create_app(service: Any, config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["flowmill"] = service
     errors.install(app)
     app.register_blueprint(api.bp)
+    pages.register(app)
+    queue_url = app.config.get("FLOWMILL_SOCKETIO_QUEUE", os.environ.get("FLOWMILL_SOCKETIO_QUEUE"))
+    app.extensions["flowmill_live"] = LiveHub(app, service, queue_url)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        # scripts and styles only from this server; no framing (clickjacking)
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
+        )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
 
     @app.get("/metrics")
     def metrics() -> Response:

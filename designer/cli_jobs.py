@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from designer.cli_args import pairs
-from engine.calendars import parse_every, preview
+from engine.calendars import parse_every
 from engine.clock import parse_moment
+from engine.errors import FlowmillError
 from engine.jobs import STATES, Job
 from engine.service import Flowmill
 
@@ -29,8 +30,15 @@ def _data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: Any) -> None:
-    serve = sub.add_parser("serve", help="run the batch server (scheduler and workers)")
+    serve = sub.add_parser(
+        "serve", help="run everything: web app, batch server (scheduler and workers)"
+    )
     _data_dir(serve)
+    web = sub.add_parser(
+        "web",
+        help="run only the web app (e.g. a second web process; see FLOWMILL_SOCKETIO_QUEUE)",
+    )
+    _data_dir(web)
 
     worker = sub.add_parser("worker", help="run a Celery worker for executor 'celery'")
     worker.add_argument(
@@ -198,6 +206,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
             web.stop()
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from designer.webserver import WebServer, bind, run_web
+
+    with Flowmill.open(args.data_dir) as app:
+        web = WebServer(app, lambda text: print(text, flush=True))
+        if web.port == 0:
+            raise FlowmillError("FLOWMILL_WEB_PORT=0: the web app is switched off")
+        password = app.ensure_admin()
+        if password:
+            print(f"first start: created user 'admin' with password {password}", flush=True)
+        data_dir = str(app.settings.data_dir)
+    sock = bind(web.host, web.port)
+    host, port = sock.getsockname()[:2]
+    print(f"web app: http://{host}:{port}/", flush=True)
+    return run_web(data_dir, sock)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from engine.celery_executor import run_worker
     from engine.config import Settings
@@ -312,47 +337,47 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             upcoming = info.next_fire.isoformat() if info.next_fire else "-"
             print(f"schedule {info.name}: next {upcoming}")
         elif args.action == "list":
-            found = app.schedules.list()
+            found = app.list_schedules()
             if args.json:
-                print(json.dumps([i.to_dict() for i in found], indent=2, ensure_ascii=False))
-            for info in [] if args.json else found:
-                when = info.spec.get("cron") or f"every {info.spec.get('every')}"
-                nxt = info.next_fire.isoformat() if info.next_fire else "-"
-                error = f"  ERROR {info.error}" if info.error else ""
-                print(f"{info.name:<24} {info.flow_id:<24} {when:<18} next {nxt}{error}")
+                print(json.dumps(found, indent=2, ensure_ascii=False))
+            for entry in [] if args.json else found:
+                spec = entry["spec"]
+                when = spec.get("cron") or f"every {spec.get('every')}"
+                nxt = entry["next_fires"][0] if entry["next_fires"] else "-"
+                error = f"  ERROR {entry['error']}" if entry["error"] else ""
+                print(f"{entry['name']:<24} {entry['flow']:<24} {when:<18} next {nxt}{error}")
         elif args.action == "remove":
-            app.schedules.remove(args.name)
+            app.remove_schedule(args.name)
             print(f"schedule {args.name}: removed")
         else:
-            schedule = app.schedules.build(_spec(args))
-            start = parse_moment(args.start, "--from") or app.clock.now()
-            for moment in preview(schedule, start, args.count):
-                print(moment.astimezone(schedule.zone).isoformat())
+            start = parse_moment(args.start, "--from")
+            for moment in app.preview_schedule(_spec(args), start, args.count):
+                print(moment.isoformat())
     return EXIT_OK
 
 
 def cmd_calendars(args: argparse.Namespace) -> int:
     with Flowmill.open(args.data_dir) as app:
         if args.action == "set":
-            app.schedules.set_calendar(args.name, args.holidays, args.exclude)
+            app.set_calendar(args.name, args.holidays, args.exclude)
             print(f"calendar {args.name} saved")
         else:
-            for name, calendar in app.schedules.calendars().items():
-                region = "-".join(x for x in (calendar.country, calendar.subdiv) if x) or "-"
-                days = ", ".join(d.isoformat() for d in sorted(calendar.exclusions))
-                print(f"{name:<20} holidays {region:<8} exclusions {days or '-'}")
+            for entry in app.list_calendars():
+                days = ", ".join(entry["exclusions"])
+                region = entry["holidays"] or "-"
+                print(f"{entry['name']:<20} holidays {region:<8} exclusions {days or '-'}")
     return EXIT_OK
 
 
 def cmd_conditions(args: argparse.Namespace) -> int:
     with Flowmill.open(args.data_dir) as app:
         if args.action == "set":
-            app.schedules.set_condition(args.name, pairs(args.window, "--window"), args.calendar)
+            app.set_condition(args.name, pairs(args.window, "--window"), args.calendar)
             print(f"condition {args.name} saved")
         else:
-            for name, (condition, calendar) in app.schedules.conditions().items():
-                windows = " ".join(f"{k}={v}" for k, v in condition.to_spec().items())
-                print(f"{name:<20} {windows}  calendar {calendar or '-'}")
+            for entry in app.list_conditions():
+                windows = " ".join(f"{k}={v}" for k, v in entry["windows"].items())
+                print(f"{entry['name']:<20} {windows}  calendar {entry['calendar'] or '-'}")
     return EXIT_OK
 
 
@@ -382,6 +407,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
+    "web": cmd_web,
     "worker": cmd_worker,
     "submit": cmd_submit,
     "jobs": cmd_jobs,

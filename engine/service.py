@@ -6,17 +6,19 @@ behaviour cannot drift apart between them. No Flask here.
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from engine.calendars import SPEC_KEYS
+from engine.calendars import SPEC_KEYS, Calendar, ScheduleError, TimeCondition, preview
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
-from engine.errors import FlowmillError, FlowValidationError
-from engine.events import EventBus, FlowSaved
+from engine.errors import ConnectionNotFound, FlowmillError, FlowValidationError
+from engine.eventlink import EventSender, socket_path
+from engine.events import Event, EventBus, FlowSaved
 from engine.executor import Executor, RunResult
 from engine.flow import dump_flow, flow_hash, load_flow, parse_flow_text
 from engine.flowstore import ANY, FlowInfo, FlowStore
@@ -25,12 +27,42 @@ from engine.params import resolve_params
 from engine.recorder import RunRecorder
 from engine.registry import Registry
 from engine.schedules import ScheduleInfo, ScheduleStore
-from engine.store import RunStore, open_store
+from engine.store import MAX_ID_LENGTH, RunStore, open_store
 from engine.store_sql import SqlRunStore
 from engine.users import UserStore
 from engine.validate import ValidationIssue, validate_flow
 
-__all__ = ["Flowmill"]
+__all__ = ["Flowmill", "TRIGGER_SCHEDULE_PREFIX", "check_name"]
+
+# schedules named so are kept by arm_triggers from the flows' trigger.schedule nodes
+TRIGGER_SCHEDULE_PREFIX = "flow:"
+# A name must fit in one URL path segment and compare alike in every database (MariaDB
+# ignores trailing spaces): no slash, backslash, control character or outer whitespace.
+_NAME_CHAR = r"[^/\\\x00-\x1f\x7f]"
+_NAME_EDGE = r"[^\s/\\\x00-\x1f\x7f]"
+_NAME = re.compile(rf"{_NAME_EDGE}(?:{_NAME_CHAR}*{_NAME_EDGE})?")
+
+
+def check_name(name: Any, what: str) -> str:
+    """A user-given name of a schedule, calendar, time condition or connection.
+
+    Raises:
+        FlowmillError: naming ``what`` and saying what a name may be.
+
+    >>> check_name("nightly prices", "schedule")
+    'nightly prices'
+    """
+    if (
+        not isinstance(name, str)
+        or len(name) > MAX_ID_LENGTH
+        or name in (".", "..")
+        or not _NAME.fullmatch(name)
+    ):
+        raise FlowmillError(
+            f"{what} name {str(name)[:60]!r} is not allowed: use 1 to {MAX_ID_LENGTH} "
+            "characters without '/', '\\', control characters or leading/trailing spaces"
+        )
+    return name
 
 
 class Flowmill:
@@ -57,6 +89,7 @@ class Flowmill:
         self._schedules: ScheduleStore | None = None
         self._users: UserStore | None = None
         self._folder_seen: dict[str, tuple[int, int]] = {}  # flows folder: file -> stat
+        self._forwarding: tuple[EventSender, Callable[[], None]] | None = None
         self.recorder = RunRecorder(store, self.bus)
         self.executor = Executor(
             registry,
@@ -80,7 +113,24 @@ class Flowmill:
         settings = Settings.load(data_dir)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(settings.store_url, settings.data_dir)
-        return cls(settings, registry or Registry.discover(), store, clock=clock)
+        app = cls(settings, registry or Registry.discover(), store, clock=clock)
+        app.forward_events()
+        return app
+
+    def forward_events(self) -> None:
+        """Send this process's events to the web app of the data directory, if one runs,
+        so the dashboard sees runs of workers and CLI commands live (engine/eventlink.py)."""
+        if self._forwarding is None:
+            sender = EventSender(socket_path(self.settings.data_dir))
+            self._forwarding = (sender, self.bus.subscribe(Event, sender))
+
+    def stop_forwarding(self) -> None:
+        """The web app itself publishes its events directly."""
+        if self._forwarding is not None:
+            sender, unsubscribe = self._forwarding
+            unsubscribe()
+            sender.close()
+            self._forwarding = None
 
     @property
     def jobs(self) -> JobStore:
@@ -113,6 +163,7 @@ class Flowmill:
         return self.store
 
     def close(self) -> None:
+        self.stop_forwarding()
         self.recorder.close()
         self.store.close()
 
@@ -138,11 +189,43 @@ class Flowmill:
         return self.executor.run(flow, params, flow_dir=flow_dir, cancel_event=cancel_event)
 
     # -- connections and secrets -------------------------------------------------------
-    def set_connection(self, name: str, settings: dict[str, Any]) -> None:
-        self.store.set_connection(name, settings)
+    def set_connection(
+        self, name: str, settings: Mapping[str, Any], *, merge: bool = False
+    ) -> bool:
+        """Create or replace a connection (stored encrypted); True if it is new.
+
+        Settings are write-only for every front end, so ``merge`` keeps the stored settings
+        that are not given (a value of None removes one): a form can change the host
+        without the password being shown or typed again.
+        """
+        check_name(name, "connection")
+        if not isinstance(settings, Mapping):
+            raise FlowmillError(f"connection {name}: settings must be an object of key: value")
+        try:
+            current = self.store.get_connection(name)
+        except ConnectionNotFound:
+            current = None
+        merged = {**(current or {}), **settings} if merge else dict(settings)
+        self.store.set_connection(name, {k: v for k, v in merged.items() if v is not None})
+        return current is None
 
     def list_connections(self) -> list[str]:
         return self.store.list_connections()
+
+    def describe_connections(self) -> list[dict[str, Any]]:
+        """Each connection's name and the names of its settings, never their values: a
+        URL carries its password (``postgresql://user:pw@host/db``), and no list of
+        "secret-looking" keys can be trusted to catch every one."""
+        out = []
+        for name in self.store.list_connections():
+            try:
+                keys, error = sorted(self.store.get_connection(name)), None
+            except ConnectionNotFound:  # removed meanwhile
+                continue
+            except FlowmillError as exc:  # stored under another secret key
+                keys, error = [], str(exc)
+            out.append({"name": name, "settings": keys, "error": error})
+        return out
 
     def remove_connection(self, name: str) -> bool:
         return self.store.delete_connection(name)
@@ -196,13 +279,17 @@ class Flowmill:
         self.arm_triggers()
         self.bus.publish(FlowSaved(run_id="", flow_id=flow_id, flow_hash=None, by=by, removed=True))
 
-    def resolve_flow(self, ref: str) -> tuple[dict[str, Any], str, str | None]:
+    def resolve_flow(
+        self, ref: str, *, allow_files: bool = True
+    ) -> tuple[dict[str, Any], str, str | None]:
         """A flow by file path (``*.json``, stored and pinned) or by id of a server flow.
 
         Returns the flow, its hash and the folder of its file (``${flow_dir}``) if known.
+        Remote front ends pass ``allow_files=False``: a caller over the network must not
+        make the server read its own files.
         """
         path = Path(ref)
-        if ref.endswith(".json") or path.is_file():
+        if allow_files and (ref.endswith(".json") or path.is_file()):
             flow = load_flow(path)
             self._check(flow)
             digest = flow_hash(flow)
@@ -232,9 +319,10 @@ class Flowmill:
         max_attempts: int = 1,
         source: str = "cli",
         schedule: str | None = None,
+        allow_files: bool = True,
     ) -> Job:
         """Queue a job for a flow (file path or server flow id); params are checked now."""
-        flow, digest, folder = self.resolve_flow(ref)
+        flow, digest, folder = self.resolve_flow(ref, allow_files=allow_files)
         typed = resolve_params(flow, params)
         given = {k: typed[k] for k in (params or {})}
         return self.jobs.submit(
@@ -388,9 +476,14 @@ class Flowmill:
         spec: Mapping[str, Any],
         params: Mapping[str, Any] | None = None,
         priority: int = 0,
+        *,
+        allow_files: bool = True,
     ) -> ScheduleInfo:
-        """Run a flow recurrently; ``ref`` is a server flow id or a flow file (imported)."""
-        if ref.endswith(".json") or Path(ref).is_file():
+        """Create or replace a schedule that runs a flow recurrently; ``ref`` is a server
+        flow id or (with ``allow_files``) a flow file, imported first."""
+        check_name(name, "schedule")
+        self._not_a_trigger_schedule(name)
+        if allow_files and (ref.endswith(".json") or Path(ref).is_file()):
             info, _ = self.import_flow(ref)
             flow_id = info.id
         else:
@@ -399,6 +492,86 @@ class Flowmill:
         typed = resolve_params(flow, params)
         given = {k: typed[k] for k in (params or {})}
         return self.schedules.add(name, flow_id, spec, given, priority)
+
+    def remove_schedule(self, name: str) -> None:
+        """Delete a schedule (ScheduleNotFound if there is none)."""
+        self._not_a_trigger_schedule(name)
+        self.schedules.remove(name)
+
+    @staticmethod
+    def _not_a_trigger_schedule(name: str) -> None:
+        # arm_triggers would re-create or drop it on the next save or server turn
+        if name.startswith(TRIGGER_SCHEDULE_PREFIX):
+            raise ScheduleError(
+                "name",
+                f"schedules named {TRIGGER_SCHEDULE_PREFIX}… come from the trigger.schedule "
+                "nodes of the flows: edit, disable or remove the node or the flow instead",
+            )
+
+    def preview_schedule(
+        self, spec: Mapping[str, Any], start: datetime | None = None, count: int = 10
+    ) -> list[datetime]:
+        """The next ``count`` fire times of ``spec`` from ``start`` (default now) on, on
+        the schedule's own clock; named calendars and conditions are resolved."""
+        schedule = self.schedules.build(spec)
+        moments = preview(schedule, start or self.clock.now(), count)
+        return [m.astimezone(schedule.zone) for m in moments]
+
+    def list_schedules(self, upcoming: int = 5) -> list[dict[str, Any]]:
+        """Every schedule with its next ``upcoming`` fire times (``next_fires``, ISO on the
+        schedule's clock); a stopped or disabled schedule has none."""
+        now = self.clock.now()
+        return [self._describe(info, now, upcoming) for info in self.schedules.list()]
+
+    def describe_schedule(self, name: str, upcoming: int = 5) -> dict[str, Any]:
+        """One schedule as ``list_schedules`` shows it (ScheduleNotFound if none)."""
+        return self._describe(self.schedules.get(name), self.clock.now(), upcoming)
+
+    def _describe(self, info: ScheduleInfo, now: datetime, upcoming: int) -> dict[str, Any]:
+        entry = info.to_dict()
+        entry["next_fires"] = []
+        if info.enabled and not info.error:
+            try:
+                fires = self.preview_schedule(info.spec, now, upcoming)
+                entry["next_fires"] = [m.isoformat() for m in fires]
+            except FlowmillError as exc:  # e.g. its condition was redefined meanwhile
+                entry["error"] = str(exc)
+        return entry
+
+    def set_calendar(
+        self, name: str, holidays: str | None = None, exclusions: Iterable[Any] = ()
+    ) -> Calendar:
+        """Create or replace a named calendar: a region's public holidays (``DE-BY``) plus
+        exclusion dates (``YYYY-MM-DD``)."""
+        check_name(name, "calendar")
+        return self.schedules.set_calendar(name, holidays, exclusions)
+
+    def list_calendars(self) -> list[dict[str, Any]]:
+        """Each calendar: name, holiday region (``DE-BY``; None: exclusions only) and
+        exclusion dates."""
+        return [
+            {
+                "name": name,
+                "holidays": "-".join(x for x in (cal.country, cal.subdiv) if x) or None,
+                "exclusions": [d.isoformat() for d in sorted(cal.exclusions)],
+            }
+            for name, cal in self.schedules.calendars().items()
+        ]
+
+    def set_condition(
+        self, name: str, windows: Mapping[str, Any], calendar: str | None = None
+    ) -> TimeCondition:
+        """Create or replace a named time condition: allowed windows per day kind, and
+        the calendar whose holidays count as Sundays."""
+        check_name(name, "condition")
+        return self.schedules.set_condition(name, windows, calendar)
+
+    def list_conditions(self) -> list[dict[str, Any]]:
+        """Each time condition: name, windows per day kind (text form) and calendar."""
+        return [
+            {"name": name, "windows": condition.to_spec(), "calendar": calendar}
+            for name, (condition, calendar) in self.schedules.conditions().items()
+        ]
 
     def fire_schedules(self) -> list[tuple[str, Any]]:
         """Submit the jobs of every schedule that is due now (one per schedule at most)."""

@@ -23,6 +23,7 @@ FLOWMILL_TEST_SERVICES=(
   postgresql # 127.0.0.1:5432, user postgres, trust auth for local TCP, database test
   mariadb    # 127.0.0.1:3306, user root with an empty password, database test
   redis      # 127.0.0.1:6379, no password (Celery broker tests use database 15)
+  chromium   # /usr/bin/chromium, driven headless by Playwright in tests/e2e
 )
 
 # shellcheck source=scripts/lib.sh
@@ -253,6 +254,28 @@ ensure_redis() {
     >/dev/null || return 1
   wait_for 15 "redis on 127.0.0.1:6379" _redis_try || return 1
   say "redis: ready (127.0.0.1:6379)"
+}
+
+# --- Chromium (browser end-to-end tests) ------------------------------------------------
+
+_chromium_try() {
+  [ -x /usr/bin/chromium ] && /usr/bin/chromium --headless --no-sandbox --disable-gpu \
+    --disable-background-networking --disable-component-update --disable-sync --no-first-run \
+    --version >/dev/null 2>&1
+}
+
+ensure_chromium() {
+  if _chromium_try; then
+    say "chromium: ready (/usr/bin/chromium)"
+    return 0
+  fi
+  say "chromium: not installed yet; installing Debian's package"
+  apt_install chromium || return 1
+  if ! _chromium_try; then
+    warn "chromium: /usr/bin/chromium does not start"
+    return 1
+  fi
+  say "chromium: ready (/usr/bin/chromium)"
 }
 
 # Run directly: ensure the services named on the command line (default: all).
