@@ -2,7 +2,9 @@
 
 Every event of the installation (job and node state changes, log lines, flow saves,
 server heartbeats) reaches all authenticated clients as ``events``: a list of event dicts
-in the order they happened (``{"event": "JobChanged", ...}``; see engine/events.py).
+in the order they happened (``{"event": "JobChanged", ...}``; see engine/events.py), each
+with ``seq``, a counter of the web process that sent it (clients that handle messages in
+threads, like python-socketio's, restore the order with it; browsers need not).
 Events come from this process's bus and, through engine/eventlink.py, from the batch
 server, its workers and CLI commands. One pump thread sends them in batches, so a burst of
 events costs one message per client rather than one per event, and a slow client never
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from flask import Flask, request, session
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "/live"
 BATCH = 500  # events per message at most
+LINGER = 0.02  # seconds a batch waits for more events: 200 clients × 1,000 events stay cheap
 
 
 class LiveHub:
@@ -50,6 +54,7 @@ class LiveHub:
         )
         self.clients = 0
         self._pending: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._seq = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._unsubscribe = service.bus.subscribe(Event, self._on_event)
@@ -97,14 +102,16 @@ class LiveHub:
                 self._thread.start()
 
     def _pump(self) -> None:
+        """Send events in batches: what arrives within LINGER of the first goes along."""
         while True:
             first = self._pending.get()
             if first is None:
                 return
             batch = [first]
+            deadline = time.monotonic() + LINGER
             while len(batch) < BATCH:
                 try:
-                    item = self._pending.get_nowait()
+                    item = self._pending.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:
@@ -114,6 +121,9 @@ class LiveHub:
             self._emit(batch)
 
     def _emit(self, batch: list[dict[str, Any]]) -> None:
+        for item in batch:
+            self._seq += 1
+            item["seq"] = self._seq
         try:
             self.socketio.emit("events", batch, namespace=NAMESPACE)
         except Exception:
