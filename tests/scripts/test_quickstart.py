@@ -1,0 +1,77 @@
+"""The README's quick start: ``scripts/quickstart`` serves Flowmill with the samples loaded.
+
+A new user runs the script, opens the printed address, logs in as ``admin`` with the
+printed password and runs the sample flow: that is exactly what this test does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_quickstart_serves_the_samples_and_runs_one(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = _free_port()
+    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir), "FLOWMILL_WEB_PORT": str(port)}
+    env.pop("FLOWMILL_FLOWS_DIR", None)
+    log = tmp_path / "quickstart.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["bash", str(ROOT / "scripts" / "quickstart")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        text = ""
+        while "imported flow csv-to-sql" not in text:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+            text = log.read_text()
+        password = re.search(r"user 'admin' with password (\S+)", text)
+        assert password, text
+        assert f"web app: http://127.0.0.1:{port}/" in text
+        base = f"http://127.0.0.1:{port}"
+        http = requests.Session()
+        login = http.post(
+            f"{base}/api/login", json={"name": "admin", "password": password.group(1)}
+        )
+        assert login.status_code == 200, login.text
+        http.headers["X-CSRF-Token"] = login.json()["csrf_token"]
+        assert "csv-to-sql" in [f["id"] for f in http.get(f"{base}/api/flows").json()]
+        job = http.post(f"{base}/api/flows/csv-to-sql/run", json={}).json()
+        while True:
+            state = http.get(f"{base}/api/jobs/{job['id']}").json()
+            if state["state"] in {"succeeded", "failed"}:
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.2)
+        assert state["state"] == "succeeded", state
+        with sqlite3.connect(data_dir / "demo-erp.db") as db:
+            (rows,) = db.execute("SELECT count(*) FROM sales").fetchone()
+        assert rows > 0
+        assert http.get(f"{base}/dashboard").status_code == 200
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
