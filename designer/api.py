@@ -7,20 +7,25 @@ not read (no mass assignment).
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
+from jsonschema import Draft202012Validator
 
 from designer import auth
+from designer.errors import BadRequest
 from designer.routing import api_route, openapi_document
 from engine.calendars import parse_every
 from engine.clock import parse_moment
 from engine.errors import FlowmillError, FlowValidationError
-from engine.flow import dump_flow
+from engine.flow import MAX_FLOW_BYTES, dump_flow, parse_flow_text
 from engine.flowstore import FlowNotFound
+from engine.jobs import JobNotFound
+from engine.store import MAX_ID_LENGTH
 
-__all__ = ["bp", "prometheus_text"]
+__all__ = ["PRIORITY", "bp", "body", "prometheus_text", "query_int", "service"]
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 bp.before_request(auth.authenticate_request)
@@ -37,14 +42,33 @@ FLOW_BODY: dict[str, Any] = {
         },
     },
 }
+# bounded so every database stores it (PostgreSQL INTEGER) and no one outranks by 2**63
+PRIORITY: dict[str, Any] = {
+    "type": "integer",
+    "minimum": -1000,
+    "maximum": 1000,
+    "default": 0,
+    "description": "higher runs first",
+}
+IMPORT_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["flow"],
+    "properties": {"flow": {"type": "object", "description": "a flowmill/1 document"}},
+}
+# the same endpoint also takes the file itself (openapi() adds this content type)
+IMPORT_UPLOAD: dict[str, Any] = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary"}},
+}
 RUN_BODY: dict[str, Any] = {
     "type": "object",
     "properties": {
         "params": {"type": "object"},
-        "priority": {"type": "integer"},
+        "priority": PRIORITY,
         "not_before": {"type": "string", "format": "date-time"},
         "max_delay": {"type": "string", "examples": ["2h"]},
-        "group": {"type": "string"},
+        "group": {"type": "string", "maxLength": MAX_ID_LENGTH},
     },
 }
 PATCH_JOB_BODY: dict[str, Any] = {
@@ -58,11 +82,136 @@ def service() -> Any:
     return current_app.extensions["flowmill"]
 
 
-def body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise FlowmillError("the request body must be a JSON object")
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _storable(data: Any, source: str) -> Any:
+    """``data`` if every string in it can be stored: "\\u0000" and an unpaired "\\ud800"
+    are valid JSON, but PostgreSQL refuses the first and no UTF-8 database the second."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            _check_text(item, source)
     return data
+
+
+def _check_text(text: str, source: str) -> None:
+    if "\x00" in text:
+        raise BadRequest(f"{source}: NUL characters (\\u0000) are not allowed")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{source}: a string holds an unpaired surrogate (\\ud800…)") from None
+
+
+def _json_text() -> bytes:
+    if not request.is_json:
+        raise BadRequest(
+            f"send the body as JSON (Content-Type: application/json), "
+            f"not {request.mimetype or 'without a content type'}"
+        )
+    return request.get_data(cache=True)
+
+
+_VALIDATORS: dict[int, Draft202012Validator] = {}  # by id() of the module-level schemas
+
+
+def _check(data: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    """``data`` against the route's declared body schema: 400 naming every bad field."""
+    validator = _VALIDATORS.get(id(schema))
+    if validator is None:
+        validator = _VALIDATORS[id(schema)] = Draft202012Validator(schema)
+    problems = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if problems:
+        details = [
+            {"field": ".".join(map(str, e.absolute_path)) or None, "message": _message(e)}
+            for e in problems
+        ]
+        first = details[0]
+        where = f"{first['field']}: " if first["field"] else ""
+        raise BadRequest(f"the request body is not valid: {where}{first['message']}", details)
+    return data
+
+
+def _message(error: Any) -> str:
+    # jsonschema starts most messages with the value itself: a password sent as the
+    # wrong type must not come back in the answer (or in a proxy's log of it)
+    message, shown = error.message, repr(error.instance)
+    if message.startswith(shown):
+        message = "the value" + message[len(shown) :]
+    return message if len(message) <= 200 else message[:200] + "…"
+
+
+def body(schema: dict[str, Any] | None = None, *, optional: bool = False) -> dict[str, Any]:
+    """The JSON object sent, checked against ``schema``; 400 saying what is wrong.
+
+    ``optional``: an empty body means ``{}``.
+    """
+    if optional and not request.get_data(cache=True).strip():
+        return {}
+    raw = _json_text()
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except ValueError as exc:  # not UTF-8, NaN
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    _storable(data, "the request body")
+    return _check(data, schema) if schema is not None else data
+
+
+def query_int(name: str, default: int, lowest: int, highest: int) -> int:
+    """A whole-number query parameter in [lowest, highest]; 400 naming it otherwise."""
+    text = request.args.get(name)
+    if text is None:
+        return default
+    value = int(text) if text.isascii() and text.isdecimal() and len(text) <= 9 else None
+    if value is None or not lowest <= value <= highest:
+        raise BadRequest(
+            f"{name}: {text[:20]!r} is not a whole number from {lowest} to {highest}",
+            [{"field": name, "message": f"a whole number from {lowest} to {highest}"}],
+        )
+    return value
+
+
+def flow_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """A body carrying a flow, read like a flow file (size, depth, forbidden keys), so
+    nothing reaches the store that ``flowmill validate`` would refuse."""
+    data = parse_flow_text(_json_text(), "request body")
+    return _check(_storable(data, "the request body"), schema)
+
+
+@bp.before_request
+def check_request() -> None:
+    """Check what every view reads before it runs: path and query values must be
+    storable text, and a JSON body must match the schema declared with its route, so no
+    view (login included) ever sees a body of another shape. 400 naming the problem.
+
+    Runs after authentication (401 comes first). Empty and non-JSON bodies are left to
+    the view: some bodies are optional, and flow import also takes a file upload.
+    """
+    for name, value in [*(request.view_args or {}).items(), *request.args.items(multi=True)]:
+        if isinstance(value, str):
+            _check_text(value, name)
+    view = current_app.view_functions.get(request.endpoint or "")
+    route = getattr(view, "api_route", None)
+    if route is None or route.body is None or not request.is_json:
+        return
+    if request.get_data(cache=True).strip():
+        body(route.body)
 
 
 # -- documentation and catalog ------------------------------------------------------------
@@ -70,7 +219,10 @@ def body() -> dict[str, Any]:
     bp, "GET", "/openapi.json", summary="This OpenAPI document", permission="public", tag="meta"
 )
 def openapi() -> Any:
-    return jsonify(openapi_document("Flowmill API", current_app.config["FLOWMILL_VERSION"]))
+    document = openapi_document("Flowmill API", current_app.config["FLOWMILL_VERSION"])
+    upload = document["paths"]["/api/flows/import"]["post"]["requestBody"]["content"]
+    upload["multipart/form-data"] = {"schema": IMPORT_UPLOAD}
+    return jsonify(document)
 
 
 @api_route(
@@ -105,7 +257,7 @@ def list_flows() -> Any:
     body=FLOW_BODY,
 )
 def create_flow() -> Any:
-    flow = body().get("flow")
+    flow = flow_body(FLOW_BODY)["flow"]
     _validate(flow)
     info = service().save_flow(flow, base_hash=None, by=g.user.name)
     return jsonify(_flow_out(flow, info)), 201
@@ -121,7 +273,7 @@ def create_flow() -> Any:
     body=FLOW_BODY,
 )
 def validate_flow() -> Any:
-    flow = body().get("flow")
+    flow = flow_body(FLOW_BODY)["flow"]
     issues = service().validate(flow)
     return jsonify({"valid": not issues, "issues": [i.to_dict() for i in issues]})
 
@@ -149,8 +301,8 @@ def get_flow(flow_id: str) -> Any:
     body=FLOW_BODY,
 )
 def put_flow(flow_id: str) -> Any:
-    data = body()
-    flow = data.get("flow")
+    data = flow_body(FLOW_BODY)
+    flow = data["flow"]
     _validate(flow)
     if flow.get("id") != flow_id:
         raise FlowmillError(f"the flow's id is {flow.get('id')!r}, the URL says {flow_id!r}")
@@ -197,6 +349,44 @@ def export_flow(flow_id: str) -> Any:
 @api_route(
     bp,
     "POST",
+    "/flows/import",
+    summary="Import a flow file (JSON {flow} or multipart field 'file'): 201 new, 200 replaced",
+    permission="flows.write",
+    tag="flows",
+    body=IMPORT_BODY,
+)
+def import_flow() -> Any:
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise BadRequest(
+                "send the flow file as the multipart field 'file'",
+                [{"field": "file", "message": "missing"}],
+            )
+        source = upload.filename or "upload"
+        flow = _storable(parse_flow_text(upload.read(MAX_FLOW_BYTES + 1), source), source)
+    elif request.is_json:
+        flow = flow_body(IMPORT_BODY)["flow"]
+    else:
+        raise BadRequest(
+            "send the flow as JSON {\"flow\": {...}} or as the multipart/form-data field 'file', "
+            f"not {request.mimetype or 'without a content type'}"
+        )
+    _validate(flow)
+    app = service()
+    try:
+        app.flows.info(flow["id"])
+        existed = True
+    except FlowNotFound:
+        existed = False
+    # no base hash: importing a file means "this is the flow now", like `flowmill flows import`
+    info = app.save_flow(flow, by=g.user.name)
+    return jsonify(_flow_out(flow, info)), 200 if existed else 201
+
+
+@api_route(
+    bp,
+    "POST",
     "/flows/<flow_id>/run",
     summary="Queue a job for the flow",
     permission="jobs.run",
@@ -204,24 +394,47 @@ def export_flow(flow_id: str) -> Any:
     body=RUN_BODY,
 )
 def run_flow(flow_id: str) -> Any:
-    data = request.get_json(silent=True) or {}
-    if not isinstance(data, dict):
-        raise FlowmillError("the request body must be a JSON object")
-    params = data.get("params") or {}
-    if not isinstance(params, dict):
-        raise FlowmillError("params must be an object")
-    job = service().submit(
+    data = body(RUN_BODY, optional=True)
+    app = service()
+    not_before = _moment(data.get("not_before"), "not_before")
+    max_delay = _max_delay(data.get("max_delay"), not_before or app.clock.now())
+    job = app.submit(
         flow_id,
-        params,
+        data.get("params") or {},
         priority=int(data.get("priority") or 0),
-        not_before=parse_moment(data.get("not_before"), "not_before"),
-        max_delay=parse_every(str(data["max_delay"]), "max_delay")
-        if data.get("max_delay")
-        else None,
+        not_before=not_before,
+        max_delay=max_delay,
         group=data.get("group") or None,
         source=f"api ({g.user.name})",
+        allow_files=False,
     )
     return jsonify(job.to_dict()), 201
+
+
+def _max_delay(text: Any, start: datetime) -> timedelta | None:
+    """``max_delay`` as an interval whose expiry (``start`` + it) the store can keep."""
+    if not text:
+        return None
+    delay = parse_every(text, "max_delay")
+    try:
+        start + delay
+    except OverflowError:
+        raise BadRequest(
+            "max_delay: the job would expire after the year 9999",
+            [{"field": "max_delay", "message": "too long"}],
+        ) from None
+    return delay
+
+
+def _moment(value: Any, field: str) -> datetime | None:
+    """A user-given moment that the store can keep: year 1 to 9999 also in UTC."""
+    try:
+        moment = parse_moment(value, field)
+        return moment.astimezone(UTC) if moment else None
+    except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00+14:00, or 2h after 9999
+        raise BadRequest(
+            f"{field}: {value} is out of range", [{"field": field, "message": "out of range"}]
+        ) from None
 
 
 def _validate(flow: Any) -> None:
@@ -233,6 +446,17 @@ def _validate(flow: Any) -> None:
 
 
 # -- jobs ---------------------------------------------------------------------------------
+MAX_JOB_ID = 2**31 - 1  # jobs.id is an INTEGER column (32 bits in PostgreSQL and MariaDB)
+
+
+def _job_id(job_id: int) -> int:
+    # Flask's int converter takes any length; comparing a bigger number with the column
+    # fails in PostgreSQL ("integer out of range") and SQLite (beyond 64 bits)
+    if job_id > MAX_JOB_ID:
+        raise JobNotFound(job_id)
+    return job_id
+
+
 @api_route(
     bp,
     "GET",
@@ -242,7 +466,7 @@ def _validate(flow: Any) -> None:
     tag="jobs",
 )
 def list_jobs() -> Any:
-    limit = min(int(request.args.get("limit", 100)), 1000)
+    limit = min(query_int("limit", 100, 1, 999_999_999), 1000)
     jobs = service().jobs.list(
         state=request.args.get("state") or None,
         flow_id=request.args.get("flow") or None,
@@ -262,7 +486,7 @@ def list_jobs() -> Any:
 )
 def get_job(job_id: int) -> Any:
     app = service()
-    job = app.jobs.get(job_id)
+    job = app.jobs.get(_job_id(job_id))
     out = job.to_dict()
     run = app.store.get_run(job.run_id) if job.run_id else None
     out["run"] = (
@@ -303,7 +527,7 @@ def get_job(job_id: int) -> Any:
     tag="jobs",
 )
 def job_log(job_id: int) -> Any:
-    return jsonify({"lines": service().job_log(job_id)})
+    return jsonify({"lines": service().job_log(_job_id(job_id))})
 
 
 def _job_action(name: str, summary: str) -> None:
@@ -316,7 +540,7 @@ def _job_action(name: str, summary: str) -> None:
             "kill": jobs.request_kill,
             "retry": jobs.retry,
         }[name]
-        return jsonify(operation(job_id).to_dict())
+        return jsonify(operation(_job_id(job_id)).to_dict())
 
     view.__name__ = f"job_{name}"
     api_route(
@@ -349,10 +573,8 @@ for _name, _summary in (
     body=PATCH_JOB_BODY,
 )
 def patch_job(job_id: int) -> Any:
-    params = body().get("params")
-    if not isinstance(params, dict):
-        raise FlowmillError("params must be an object")
-    return jsonify(service().set_job_params(job_id, params).to_dict())
+    params = body(PATCH_JOB_BODY)["params"]
+    return jsonify(service().set_job_params(_job_id(job_id), params).to_dict())
 
 
 # -- status -------------------------------------------------------------------------------

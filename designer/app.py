@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask, Response
 
+import designer.api_setup  # noqa: F401 - adds its routes to api.bp before it is registered
 from designer import api, auth, errors, pages
 from designer.live import LiveHub
 
@@ -55,10 +56,10 @@ def create_app(service: Any, config: Mapping[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         MAX_CONTENT_LENGTH=6 * 1024 * 1024,  # a flow is at most 5 MiB
-        JSON_SORT_KEYS=False,
         FLOWMILL_VERSION=release,
     )
     app.config.update(config or {})
+    app.json.sort_keys = False  # config schemas keep the field order their node declares
     app.extensions["flowmill"] = service
     errors.install(app)
     app.register_blueprint(api.bp)

@@ -8,13 +8,15 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from engine.errors import FlowFormatError, FlowmillError, FlowValidationError
+from engine.calendars import ScheduleError
+from engine.errors import ConnectionNotFound, FlowFormatError, FlowmillError, FlowValidationError
 from engine.flowstore import FlowConflict, FlowNotFound
 from engine.jobs import JobError, JobNotFound
 from engine.params import ParamError
+from engine.schedules import ScheduleNotFound
 from engine.users import AuthError, PermissionDenied, UserExists, UserNotFound
 
-__all__ = ["Refused", "Conflict", "install"]
+__all__ = ["BadRequest", "Refused", "Conflict", "install"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,15 @@ class Conflict(FlowmillError):
         self.details = details or []
 
 
+class BadRequest(FlowmillError):
+    """The request itself is wrong (not JSON, a field of the wrong type): 400, with one
+    ``{field, message}`` detail per problem."""
+
+    def __init__(self, message: str, details: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+
 STATUS: list[tuple[type[Exception], int]] = [
     (AuthError, 401),
     (PermissionDenied, 403),
@@ -38,6 +49,8 @@ STATUS: list[tuple[type[Exception], int]] = [
     (JobNotFound, 404),
     (FlowNotFound, 404),
     (UserNotFound, 404),
+    (ScheduleNotFound, 404),
+    (ConnectionNotFound, 404),
     (FlowValidationError, 422),
     (Conflict, 409),
     (FlowConflict, 409),
@@ -60,8 +73,13 @@ def install(app: Flask) -> None:
         details: list[Any] = []
         if isinstance(exc, FlowValidationError):
             details = [issue.to_dict() for issue in exc.issues]
-        elif isinstance(exc, Conflict):
+        elif isinstance(exc, Conflict | BadRequest):
             details = exc.details
+        elif isinstance(exc, ScheduleError):
+            details = [{"field": exc.field, "message": exc.message}]
+        elif isinstance(exc, ParamError):
+            details = [{"field": f"params.{exc.name}", "message": exc.message}]
+
         elif isinstance(exc, FlowConflict):
             details = [{"current_hash": exc.current_hash, "base_hash": exc.base_hash}]
         return jsonify(_body(str(exc), details)), status

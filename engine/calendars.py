@@ -70,6 +70,7 @@ _ALL_DAY: tuple[tuple[int, int], ...] = ((0, _DAY_US),)
 _US = timedelta(microseconds=1)
 _ONE_DAY = timedelta(days=1)
 _END_OF_DAY = time(0)  # as the end of a window: 24:00
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 # Interval phase when no anchor is given: a fixed local midnight (a Monday), so the answer
 # does not depend on the day it is asked and `every=7d` falls on Mondays.
 _DEFAULT_ANCHOR_WALL = datetime(2000, 1, 3)
@@ -127,7 +128,10 @@ def parse_every(text: str, field: str = "every") -> timedelta:
     seconds = sum(float(n) * _EVERY_UNITS[unit] for n, unit in _EVERY_PART.findall(cleaned))
     if seconds <= 0:
         raise ScheduleError(field, f"interval {text!r} must be longer than zero")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # also "inf": a digit string too long for a float
+        raise ScheduleError(field, f"interval {text!r} is too long") from None
 
 
 def _format_every(delta: timedelta) -> str:
@@ -560,7 +564,10 @@ def _aware(value: datetime, field: str) -> datetime:
             f"naive datetime {value.isoformat()} has no time zone; pass an aware one "
             "(e.g. tzinfo=UTC)",
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in year 0 in UTC
+        raise ScheduleError(field, f"{value.isoformat()} is out of range in UTC") from None
 
 
 def _zone(name: str, field: str = "tz") -> ZoneInfo:
@@ -665,7 +672,10 @@ class _EverySource:
     def after(self, x: datetime) -> datetime:
         if x < self.anchor:
             return self.anchor
-        return self.anchor + ((x - self.anchor) // self.every + 1) * self.every
+        try:
+            return self.anchor + ((x - self.anchor) // self.every + 1) * self.every
+        except OverflowError:  # the next one lies after year 9999: past every limit
+            return _END_OF_TIME
 
     def at_or_before(self, x: datetime) -> datetime | None:
         if x < self.anchor:

@@ -29,9 +29,17 @@ from engine.errors import FlowmillError
 from engine.store_sql import SqlRunStore
 from engine.tables import calendars, schedules, time_conditions
 
-__all__ = ["ScheduleInfo", "ScheduleStore"]
+__all__ = ["ScheduleInfo", "ScheduleNotFound", "ScheduleStore"]
 
 log = logging.getLogger(__name__)
+
+
+class ScheduleNotFound(FlowmillError):
+    """No schedule of that name (the API answers 404)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} does not exist")
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,7 @@ class ScheduleStore:
             write=False,
         )
         if row is None:
-            raise FlowmillError(f"schedule {name!r} does not exist")
+            raise ScheduleNotFound(name)
         return _info(row)
 
     def list(self) -> list[ScheduleInfo]:

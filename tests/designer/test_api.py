@@ -9,62 +9,20 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from designer.app import create_app
 from engine.flow import dump_flow, load_flow
 from engine.service import Flowmill
 
 ROOT = Path(__file__).parents[2]
 SAMPLE = ROOT / "samples" / "csv-to-sql.flow.json"
-PASSWORD = "correct horse battery"
-ROLES = ("admin", "editor", "operator", "viewer")
-
-
-@pytest.fixture
-def service(data_dir: Path):
-    app = Flowmill.open(data_dir)
-    for role in ROLES:
-        app.users.add(role, PASSWORD, role)
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def web(service: Flowmill):
-    return create_app(service, {"TESTING": True})
-
-
-class Client:
-    """A browser-like session: logs in, keeps the cookie, sends the CSRF header."""
-
-    def __init__(self, web: Any, role: str | None) -> None:
-        self.http = web.test_client()
-        self.csrf = ""
-        if role:
-            reply = self.http.post("/api/login", json={"name": role, "password": PASSWORD})
-            assert reply.status_code == 200, reply.json
-            self.csrf = reply.json["csrf_token"]
-
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.http.get(path, **kw)
-
-    def send(self, method: str, path: str, body: Any = None, csrf: bool = True, **kw: Any) -> Any:
-        headers = kw.pop("headers", {})
-        if csrf:
-            headers["X-CSRF-Token"] = self.csrf
-        return self.http.open(path, method=method, json=body, headers=headers, **kw)
-
-
-@pytest.fixture
-def as_role(web: Any):
-    return lambda role: Client(web, role)
+PASSWORD = "correct horse battery"  # of every user of the `service` fixture (conftest.py)
 
 
 def sample() -> dict[str, Any]:
     return load_flow(SAMPLE)
 
 
-def test_every_call_needs_a_login(web: Any):
-    anonymous = Client(web, None)
+def test_every_call_needs_a_login(as_role: Any):
+    anonymous = as_role(None)
     for path in ("/api/flows", "/api/jobs", "/api/status", "/api/node-types", "/metrics"):
         reply = anonymous.get(path)
         assert reply.status_code == 401, path
