@@ -15,6 +15,7 @@ import holidays
 import pytest
 
 from designer.routing import ROUTES
+from engine.events import Event
 from engine.flow import dump_flow, load_flow
 from engine.secrets import SecretKeyError
 from engine.service import Flowmill
@@ -454,6 +455,8 @@ def test_secrets_never_appear_in_any_answer(as_role: Any, service: Flowmill):
         {"url": f"postgresql+psycopg://erp:{password}@127.0.0.1:1/erp", "api_token": token},
     )
     service.set_secret("shop_url", f"postgresql+psycopg://shop:{secret}@127.0.0.1:1/shop")
+    events: list[str] = []  # what /live would broadcast
+    service.bus.subscribe(Event, lambda e: events.append(json.dumps(e.to_dict(), default=str)))
     service.save_flow(_leaky_flow())
     service.import_flow(SAMPLE)
     job = service.submit("leaky")
@@ -482,6 +485,10 @@ def test_secrets_never_appear_in_any_answer(as_role: Any, service: Flowmill):
     for path, text in answers.items():
         for value in (password, token, secret):
             assert value not in text, f"{value} leaked in GET {path}"
+    assert any('"NodeFinished"' in e and "by-secret" in e for e in events)
+    for text in events:
+        for value in (password, token, secret):
+            assert value not in text, f"{value} leaked in the event {text[:200]}"
 
 
 def test_a_connection_that_cannot_be_decrypted_is_listed_with_the_reason(
