@@ -38,6 +38,11 @@ def add_parsers(sub: Any) -> None:
     add.add_argument("name", help="1-64 of a-z 0-9 _ . -")
     add.add_argument("--role", required=True, choices=ROLES)
     add.add_argument("--password", help=_PASSWORD_HELP)
+    add.add_argument(
+        "--drop",
+        action="store_true",
+        help="may log in to the FTPS and WebDAV file-drop servers (home DATA/drop/NAME)",
+    )
     passwd = user_sub.add_parser("passwd", help="set a user's password")
     passwd.add_argument("name")
     passwd.add_argument("--password", help=_PASSWORD_HELP)
@@ -48,6 +53,9 @@ def add_parsers(sub: Any) -> None:
     role = user_sub.add_parser("role", help="change a user's role")
     role.add_argument("name")
     role.add_argument("role", choices=ROLES)
+    drop = user_sub.add_parser("drop", help="allow a user to use the file-drop servers")
+    drop.add_argument("name")
+    drop.add_argument("--off", action="store_true", help="forbid it again")
     for action, text in (
         ("disable", "keep a user from logging in or using tokens"),
         ("enable", "let a disabled user in again"),
@@ -88,7 +96,11 @@ def _read_password(given: str | None, name: str) -> str:
 
 def _user_line(user: User) -> str:
     state = "disabled" if user.disabled else "enabled"
-    return f"{user.name:<24} {user.role:<9} {state:<9} created {user.created_at.isoformat()}"
+    drop = "drop" if user.file_drop else "-"
+    return (
+        f"{user.name:<24} {user.role:<9} {state:<9} {drop:<5}"
+        f" created {user.created_at.isoformat()}"
+    )
 
 
 def _dump(items: list[Any]) -> None:
@@ -100,8 +112,13 @@ def cmd_user(args: argparse.Namespace) -> int:
         users = app.users
         if args.action == "add":
             password = _read_password(args.password, args.name)
-            user = users.add(args.name, password, args.role)
-            print(f"user {user.name} added ({user.role})")
+            user = users.add(args.name, password, args.role, file_drop=args.drop)
+            drop = ", may use the file-drop servers" if user.file_drop else ""
+            print(f"user {user.name} added ({user.role}{drop})")
+        elif args.action == "drop":
+            user = users.set_file_drop(args.name, not args.off)
+            verb = "may" if user.file_drop else "may not"
+            print(f"user {user.name} {verb} use the file-drop servers")
         elif args.action == "passwd":
             users.get(args.name)  # unknown user: say so before asking for a password
             users.set_password(args.name, _read_password(args.password, args.name))

@@ -326,6 +326,8 @@ users = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("disabled", sa.Boolean(), nullable=False),
+    # may log in to the FTPS and WebDAV file-drop servers (home DATA/drop/<name>)
+    sa.Column("file_drop", sa.Boolean(), nullable=False, server_default=sa.false()),
     **MYSQL_OPTIONS,
 )
 

@@ -154,6 +154,7 @@ class User:
     role: str
     created_at: datetime
     disabled: bool = False
+    file_drop: bool = False  # may log in to the FTPS and WebDAV file-drop servers
 
     @property
     def permissions(self) -> frozenset[str]:
@@ -177,6 +178,7 @@ class User:
             "role": self.role,
             "created_at": self.created_at.isoformat(),
             "disabled": self.disabled,
+            "file_drop": self.file_drop,
             "permissions": sorted(self.permissions),
         }
 
@@ -202,7 +204,7 @@ class TokenInfo:
 
 
 def _user(row: Any) -> User:
-    return User(row.name, row.role, row.created_at, bool(row.disabled))
+    return User(row.name, row.role, row.created_at, bool(row.disabled), bool(row.file_drop))
 
 
 def _token(row: Any) -> TokenInfo:
@@ -278,7 +280,7 @@ def _token_hash(token: str) -> str:
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise UserError(
-            f"user name {name!r} is not allowed: use 1 to 64 lowercase letters, digits, "
+            f"user name {str(name)[:70]!r} is not allowed: use 1 to 64 lowercase letters, digits, "
             "'_', '.' or '-'"
         )
     return name
@@ -309,7 +311,7 @@ class UserStore:
 
     # -- users ---------------------------------------------------------------------------
 
-    def add(self, name: str, password: str, role: str) -> User:
+    def add(self, name: str, password: str, role: str, file_drop: bool = False) -> User:
         check_name(name)
         check_role(role)
         check_password(password, name)
@@ -321,12 +323,13 @@ class UserStore:
             "created_at": now,
             "updated_at": now,
             "disabled": False,
+            "file_drop": file_drop,
         }
         try:
             self.store.transaction(lambda conn: conn.execute(sa.insert(users).values(values)))
         except IntegrityError as exc:
             raise UserExists(name) from exc
-        return User(name, role, now, False)
+        return User(name, role, now, False, file_drop)
 
     def _row(self, conn: Connection, name: str, *, lock: bool = False) -> Any:
         stmt = sa.select(users).where(users.c.name == name)
@@ -394,6 +397,20 @@ class UserStore:
                 sa.update(users)
                 .where(users.c.name == name)
                 .values(disabled=disabled, updated_at=self.clock.now())
+            )
+            return self._row(conn, name)
+
+        return _user(self.store.transaction(work))
+
+    def set_file_drop(self, name: str, allowed: bool = True) -> User:
+        """Allow (or forbid) a user to log in to the FTPS and WebDAV file-drop servers."""
+
+        def work(conn: Connection) -> Any:
+            self._locked(conn, name)
+            conn.execute(
+                sa.update(users)
+                .where(users.c.name == name)
+                .values(file_drop=allowed, updated_at=self.clock.now())
             )
             return self._row(conn, name)
 
@@ -470,6 +487,13 @@ class UserStore:
                 )
             )
         return _user(row)
+
+    def authenticate_drop(self, name: str, password: str) -> User:
+        """Like ``authenticate``, for the file-drop servers: only users allowed to drop."""
+        user = self.authenticate(name, password)
+        if not user.file_drop:
+            raise AuthError(f"user {user.name} may not use the file-drop servers")
+        return user
 
     def ensure_admin(self, data_dir: Path) -> str | None:
         """On first start (no users at all): create ``admin`` with a random password,

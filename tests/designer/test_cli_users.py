@@ -122,3 +122,23 @@ def test_token_create_list_revoke(data_dir: Path):
     assert json.loads(fm("token", "list", "--json", data_dir=data_dir).stdout)[0]["revoked"]
     with Flowmill.open(data_dir) as app, pytest.raises(AuthError):
         app.users.user_for_token(token)
+
+
+def test_user_drop_flag_grants_and_revokes_the_file_servers(data_dir: Path):
+    added = fm(
+        "user", "add", "scanner", "--role", "operator", "--drop", "--password", PW,
+        data_dir=data_dir,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "may use the file-drop servers" in added.stdout
+    assert fm("user", "list", data_dir=data_dir).stdout.split()[:4] == [
+        "scanner", "operator", "enabled", "drop",
+    ]  # fmt: skip
+    with Flowmill.open(data_dir) as app:
+        assert app.users.authenticate_drop("scanner", PW).file_drop
+    off = fm("user", "drop", "scanner", "--off", data_dir=data_dir)
+    assert off.returncode == 0 and "may not use" in off.stdout
+    with Flowmill.open(data_dir) as app:
+        assert not app.users.get("scanner").file_drop
+    unknown = fm("user", "drop", "nobody", data_dir=data_dir)
+    assert unknown.returncode == 2 and "nobody" in unknown.stderr

@@ -126,6 +126,7 @@ def test_add_get_list_and_to_dict(us: UserStore, clock: FakeClock):
         "role": "editor",
         "created_at": clock.now().isoformat(),
         "disabled": False,
+        "file_drop": False,
         "permissions": sorted(PERMISSIONS["editor"]),
     }
     assert "scrypt" not in repr(d) and PW not in repr(d)
@@ -424,3 +425,18 @@ def test_migration_0003_goes_down_and_up_again(sql: SqlRunStore):
     assert not {"users", "api_tokens"} & set(sa.inspect(sql.engine).get_table_names())
     upgrade(sql.engine)
     assert UserStore(sql).add("ann", PW, "admin").name == "ann"
+
+
+def test_only_drop_users_log_in_to_the_file_servers(us: UserStore) -> None:
+    us.add("scanner", "scanner password 1", "operator", file_drop=True)
+    us.add("clerk", "clerk password 123", "operator")
+    assert us.authenticate_drop("scanner", "scanner password 1").file_drop
+    with pytest.raises(AuthError, match="may not use the file-drop servers"):
+        us.authenticate_drop("clerk", "clerk password 123")
+    with pytest.raises(AuthError):
+        us.authenticate_drop("scanner", "wrong password 123")
+    us.set_file_drop("clerk")
+    assert us.authenticate_drop("clerk", "clerk password 123").name == "clerk"
+    us.set_file_drop("scanner", False)
+    with pytest.raises(AuthError):
+        us.authenticate_drop("scanner", "scanner password 1")
