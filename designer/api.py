@@ -20,7 +20,7 @@ from designer.routing import api_route, openapi_document
 from engine.calendars import parse_every
 from engine.clock import parse_moment
 from engine.errors import FlowmillError, FlowValidationError
-from engine.flow import MAX_FLOW_BYTES, dump_flow, parse_flow_text
+from engine.flow import MAX_FLOW_BYTES, dump_flow, find_unstorable_text, parse_flow_text
 from engine.flowstore import FlowNotFound
 from engine.jobs import JobNotFound
 from engine.store import MAX_ID_LENGTH
@@ -89,26 +89,14 @@ def _no_constant(name: str) -> Any:
 def _storable(data: Any, source: str) -> Any:
     """``data`` if every string in it can be stored: "\\u0000" and an unpaired "\\ud800"
     are valid JSON, but PostgreSQL refuses the first and no UTF-8 database the second."""
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            _check_text(item, source)
+    problem = find_unstorable_text(data)
+    if problem:
+        raise BadRequest(f"{source}: {problem}")
     return data
 
 
 def _check_text(text: str, source: str) -> None:
-    if "\x00" in text:
-        raise BadRequest(f"{source}: NUL characters (\\u0000) are not allowed")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(f"{source}: a string holds an unpaired surrogate (\\ud800…)") from None
+    _storable(text, source)
 
 
 def _json_text() -> bytes:
@@ -427,14 +415,14 @@ def _max_delay(text: Any, start: datetime) -> timedelta | None:
 
 
 def _moment(value: Any, field: str) -> datetime | None:
-    """A user-given moment that the store can keep: year 1 to 9999 also in UTC."""
+    """A user-given moment that the store can keep (year 1 to 9999 also in UTC), in UTC."""
     try:
         moment = parse_moment(value, field)
-        return moment.astimezone(UTC) if moment else None
-    except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00+14:00, or 2h after 9999
-        raise BadRequest(
-            f"{field}: {value} is out of range", [{"field": field, "message": "out of range"}]
-        ) from None
+    except FlowmillError as exc:  # e.g. 0001-01-01T00:00+14:00, or 2h after 9999
+        message = str(exc)
+        detail = {"field": field, "message": message.removeprefix(f"{field}: ")}
+        raise BadRequest(message, [detail]) from None
+    return moment.astimezone(UTC) if moment else None
 
 
 def _validate(flow: Any) -> None:

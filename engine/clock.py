@@ -58,12 +58,26 @@ def parse_moment(text: Any, field: str = "not_before") -> datetime | None:
     A time without a zone means the server's local wall clock.
 
     Raises:
-        FlowmillError: naming ``field`` when ``text`` is not an ISO date-time.
+        FlowmillError: naming ``field`` when ``text`` is not an ISO date-time, or is one
+            that does not lie within the years 1 to 9999 also in UTC (the store keeps UTC).
+
+    >>> parse_moment("2026-11-23T08:00+01:00", "--at").isoformat()
+    '2026-11-23T08:00:00+01:00'
     """
     if not text:
         return None
+    raw = str(text)
+    shown = repr(raw[:40]) + ("…" if len(raw) > 40 else "")
     try:
-        moment = datetime.fromisoformat(str(text))
+        moment = datetime.fromisoformat(raw)
     except ValueError:
-        raise FlowmillError(f"{field}: {text!r} is not an ISO date-time") from None
-    return moment if moment.tzinfo else moment.astimezone()
+        raise FlowmillError(f"{field}: {shown} is not an ISO date-time") from None
+    try:
+        if moment.tzinfo is None:
+            moment = moment.astimezone()
+        moment.astimezone(UTC)
+    except (OverflowError, ValueError):  # 0001-01-01T00:00 local or +14:00 is year 0 in UTC
+        raise FlowmillError(
+            f"{field}: {shown} is out of range: it must lie within the years 1 to 9999, also in UTC"
+        ) from None
+    return moment

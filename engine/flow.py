@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "FORMAT",
     "MAX_FLOW_BYTES",
     "parse_flow_text",
+    "find_unstorable_text",
     "load_flow",
     "dump_flow",
     "write_flow",
@@ -41,12 +43,15 @@ _FORBIDDEN_KEY = re.compile(r"^(__.*|constructor|prototype)$")
 
 
 def parse_flow_text(text: str | bytes, source: str = "<flow>") -> dict[str, Any]:
-    """Parse a flow document, rejecting oversized input, bad JSON and forbidden keys.
+    """Parse a flow document, rejecting oversized input, bad JSON, forbidden keys, numbers
+    too large for a float and text no database can store (NUL, unpaired surrogates).
 
     Raises:
-        FlowFormatError: naming ``source`` and, for JSON errors, the line and column.
+        FlowFormatError: naming ``source`` and, for JSON errors, the line and column; for
+            unstorable text, the path of the key or value (``nodes[0].id``).
     """
-    size = len(text.encode("utf-8") if isinstance(text, str) else text)
+    # surrogatepass: a str may carry a lone surrogate, refused below naming where it is
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > MAX_FLOW_BYTES:
         raise FlowFormatError(source, f"flow is {size} bytes; the limit is {MAX_FLOW_BYTES} bytes")
     if isinstance(text, bytes):
@@ -55,7 +60,12 @@ def parse_flow_text(text: str | bytes, source: str = "<flow>") -> dict[str, Any]
         except UnicodeDecodeError as exc:
             raise FlowFormatError(source, f"not UTF-8 (byte {exc.start})") from exc
     try:
-        doc = json.loads(text, object_pairs_hook=_checked_object, parse_constant=_no_constant)
+        doc = json.loads(
+            text,
+            object_pairs_hook=_checked_object,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
     except _ForbiddenKey as exc:
         raise FlowFormatError(source, f"forbidden key {exc.key!r}") from None
     except json.JSONDecodeError as exc:
@@ -70,7 +80,74 @@ def parse_flow_text(text: str | bytes, source: str = "<flow>") -> dict[str, Any]
         raise FlowFormatError(source, f"nested deeper than {MAX_DEPTH} levels")
     if not isinstance(doc, dict):
         raise FlowFormatError(source, "a flow must be a JSON object")
+    problem = find_unstorable_text(doc)
+    if problem:
+        raise FlowFormatError(source, problem)
     return doc
+
+
+def find_unstorable_text(data: Any) -> str | None:
+    """Where and why a string in ``data`` (dict keys included) cannot be stored; None if
+    every one can.
+
+    "\\u0000" and a lone "\\ud800" are valid JSON, but PostgreSQL refuses NUL in text and
+    no UTF-8 database can hold an unpaired surrogate. Flow files, the API and the CLI's
+    arguments all ask this one function and raise their own error with the answer.
+
+    >>> print(find_unstorable_text({"nodes": [{"id": "a\\x00"}]}))
+    nodes[0].id: NUL characters (\\u0000) are not allowed
+    """
+    # (value, key or index, parent entry): the path is spelled out only for a bad string
+    stack: list[tuple[Any, Any, Any]] = [(data, None, None)]
+    while stack:
+        entry = stack.pop()
+        value = entry[0]
+        if isinstance(value, str):
+            bad = _unstorable(value)
+            if bad:
+                return _at(entry, f"{bad} are not allowed")
+        elif isinstance(value, dict):
+            for key in value:
+                bad = _unstorable(key) if isinstance(key, str) else None
+                if bad:
+                    return _at((None, key, entry), f"{bad} are not allowed in keys")
+            stack.extend(reversed([(v, k, entry) for k, v in value.items()]))
+        elif isinstance(value, list):
+            stack.extend(reversed([(v, i, entry) for i, v in enumerate(value)]))
+    return None
+
+
+def _unstorable(text: str) -> str | None:
+    if "\x00" in text:
+        return "NUL characters (\\u0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "unpaired surrogates (\\ud800-\\udfff)"
+    return None
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_$-]{1,40}")
+
+
+def _at(entry: tuple[Any, Any, Any], message: str) -> str:
+    """``message`` behind the path of a stack entry (``nodes[0].config.mapping: …``);
+    odd keys are quoted, long ones and long paths cut, so nothing big is echoed."""
+    parts: list[str] = []
+    while entry[2] is not None:
+        key = entry[1]
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+        elif isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+            parts.append(f".{key}")
+        else:
+            text = str(key)
+            parts.append(f".{text[:40]!r}" + ("…" if len(text) > 40 else ""))
+        entry = entry[2]
+    path = "".join(reversed(parts)).removeprefix(".")
+    if len(path) > 200:
+        path = "…" + path[-200:]
+    return f"{path}: {message}" if path else message
 
 
 class _ForbiddenKey(Exception):
@@ -91,6 +168,15 @@ def _checked_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in a flow")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but reads as infinity, which dump_flow could not write back
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 30 else text[:30] + "…"
+        raise ValueError(f"number {shown} is too large")
+    return value
 
 
 def _depth(value: Any, level: int = 0) -> int:

@@ -11,6 +11,7 @@ decrypted secret at run time only.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import date
@@ -71,19 +72,41 @@ def _coerce(flow_id: str, name: str, kind: str, value: Any) -> Any:
         if kind == "number":
             if isinstance(value, bool):
                 raise ValueError("expected a number")
-            if isinstance(value, int | float):
+            if isinstance(value, int):
                 return value
-            return float(str(value).strip().replace(",", "."))
+            if isinstance(value, float):
+                number = value
+            else:
+                number = float(str(value).strip().replace(",", "."))
+            # "1e400" reads as infinity, "nan" as NaN: neither compares or stores as a number
+            if not math.isfinite(number):
+                raise ParamError(flow_id, name, f"{_shown(value)} is not a finite number")
+            return number
         if kind == "date":
             date.fromisoformat(str(value))
             return str(value)
     except ValueError as exc:
-        raise ParamError(flow_id, name, f"{value!r} is not a valid {kind} ({exc})") from None
+        raise ParamError(flow_id, name, f"{_shown(value)} is not a valid {kind} ({exc})") from None
     raise ParamError(flow_id, name, f"unknown param type {kind!r}")
+
+
+def _shown(value: Any) -> str:
+    """A given value for an error message, cut so a huge one is not echoed back."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
+TRIGGER_PARAM = "_trigger"  # the record of the event that started the job (a file drop)
 
 
 def resolve_params(flow: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
     """Declared params with defaults, overridden by ``given``, checked and typed.
+
+    ``_trigger`` (a dict) passes through: it is set by the server for jobs a trigger
+    started (e.g. the dropped file), never declared by a flow.
 
     Raises:
         ParamError: for an undeclared name, a value of the wrong type, a missing required
@@ -93,6 +116,11 @@ def resolve_params(flow: Mapping[str, Any], given: Mapping[str, Any] | None) -> 
     declared = flow.get("params") or {}
     given = dict(given or {})
     result: dict[str, Any] = {}
+    trigger = given.pop(TRIGGER_PARAM, None)
+    if trigger is not None:
+        if not isinstance(trigger, dict):
+            raise ParamError(flow_id, TRIGGER_PARAM, "must be an object (set by the server)")
+        result[TRIGGER_PARAM] = trigger
     for name in given:
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
@@ -107,7 +135,7 @@ def resolve_params(flow: Mapping[str, Any], given: Mapping[str, Any] | None) -> 
         else:
             value = None
         if "enum" in decl and value is not None and value not in decl["enum"]:
-            raise ParamError(flow_id, name, f"{value!r} is not one of {decl['enum']}")
+            raise ParamError(flow_id, name, f"{_shown(value)} is not one of {decl['enum']}")
         result[name] = value
     return result
 

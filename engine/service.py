@@ -20,10 +20,10 @@ from engine.errors import ConnectionNotFound, FlowmillError, FlowValidationError
 from engine.eventlink import EventSender, socket_path
 from engine.events import Event, EventBus, FlowSaved
 from engine.executor import Executor, RunResult
-from engine.flow import dump_flow, flow_hash, load_flow, parse_flow_text
+from engine.flow import dump_flow, find_unstorable_text, flow_hash, load_flow, parse_flow_text
 from engine.flowstore import ANY, FlowInfo, FlowStore
 from engine.jobs import Job, JobStore
-from engine.params import resolve_params
+from engine.params import TRIGGER_PARAM, ParamError, resolve_params
 from engine.recorder import RunRecorder
 from engine.registry import Registry
 from engine.schedules import ScheduleInfo, ScheduleStore
@@ -44,7 +44,8 @@ _NAME = re.compile(rf"{_NAME_EDGE}(?:{_NAME_CHAR}*{_NAME_EDGE})?")
 
 
 def check_name(name: Any, what: str) -> str:
-    """A user-given name of a schedule, calendar, time condition or connection.
+    """A user-given name of a schedule, calendar, time condition, connection, secret, job
+    group or pool; the API and the CLI both come through here.
 
     Raises:
         FlowmillError: naming ``what`` and saying what a name may be.
@@ -57,6 +58,7 @@ def check_name(name: Any, what: str) -> str:
         or len(name) > MAX_ID_LENGTH
         or name in (".", "..")
         or not _NAME.fullmatch(name)
+        or find_unstorable_text(name)  # a lone surrogate passes the pattern
     ):
         raise FlowmillError(
             f"{what} name {str(name)[:60]!r} is not allowed: use 1 to {MAX_ID_LENGTH} "
@@ -231,6 +233,7 @@ class Flowmill:
         return self.store.delete_connection(name)
 
     def set_secret(self, name: str, value: str) -> None:
+        check_name(name, "secret")
         self.store.set_secret(name, value)
 
     def list_secrets(self) -> list[str]:
@@ -320,8 +323,24 @@ class Flowmill:
         source: str = "cli",
         schedule: str | None = None,
         allow_files: bool = True,
+        trigger: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Queue a job for a flow (file path or server flow id); params are checked now."""
+        """Queue a job for a flow (file path or server flow id); params are checked now.
+
+        ``trigger`` is the record of the event that started the job (a dropped file); only
+        the server sets it, so a ``_trigger`` among ``params`` is refused.
+        """
+        if params and TRIGGER_PARAM in params:
+            raise ParamError(str(ref), TRIGGER_PARAM, "is set by the server, not by callers")
+        if trigger is not None:
+            params = {**(params or {}), TRIGGER_PARAM: dict(trigger)}
+        for what, name in (("group", group), ("pool", pool), ("condition", time_condition)):
+            if name is not None:
+                check_name(name, what)
+        # a request file's "\ud800" would otherwise fail the store's write, not this call
+        problem = find_unstorable_text(dict(params or {}))
+        if problem:
+            raise FlowmillError(f"params: {problem}")
         flow, digest, folder = self.resolve_flow(ref, allow_files=allow_files)
         typed = resolve_params(flow, params)
         given = {k: typed[k] for k in (params or {})}
@@ -346,6 +365,8 @@ class Flowmill:
         job = self.jobs.get(job_id)
         text = self.store.get_flow_version(job.flow_hash) or "{}"
         flow = parse_flow_text(text, f"flow {job.flow_id}")
+        if TRIGGER_PARAM in params:
+            raise ParamError(job.flow_id, TRIGGER_PARAM, "is set by the server, not by callers")
         typed = resolve_params(flow, {**job.params, **params})
         return self.jobs.set_params(job_id, {k: typed[k] for k in params})
 

@@ -24,6 +24,7 @@ FLOWMILL_TEST_SERVICES=(
   mariadb    # 127.0.0.1:3306, user root with an empty password, database test
   redis      # 127.0.0.1:6379, no password (Celery broker tests use database 15)
   chromium   # /usr/bin/chromium, driven headless by Playwright in tests/e2e
+  litmus     # Debian's WebDAV test suite, run against our WebDAV server in tests/servers
 )
 
 # shellcheck source=scripts/lib.sh
@@ -276,6 +277,25 @@ ensure_chromium() {
     return 1
   fi
   say "chromium: ready (/usr/bin/chromium)"
+}
+
+# --- litmus (WebDAV compliance suite, tests/servers/test_webdav.py) ----------------------
+
+# Debian installs the runner as /usr/bin/litmus and the suites under /usr/libexec/litmus.
+_litmus_try() { have litmus && [ -x /usr/libexec/litmus/basic ]; }
+
+ensure_litmus() {
+  if _litmus_try; then
+    say "litmus: ready ($(command -v litmus))"
+    return 0
+  fi
+  say "litmus: not installed yet; installing Debian's package"
+  apt_install litmus || return 1
+  if ! _litmus_try; then
+    warn "litmus: installed, yet 'litmus' or /usr/libexec/litmus/basic is missing"
+    return 1
+  fi
+  say "litmus: ready ($(command -v litmus))"
 }
 
 # Run directly: ensure the services named on the command line (default: all).

@@ -276,6 +276,20 @@ def test_secret_set_from_stdin_and_listed_without_its_value(data_dir: Path):
     assert b"s3cr3t-Wert" not in store_bytes(data_dir)
 
 
+def test_secret_and_connection_names_with_control_characters_are_refused(data_dir: Path):
+    """A name with a newline, an escape sequence or a byte that is not UTF-8 (read as an
+    unpaired surrogate) could not be listed safely, or stored at all on PostgreSQL."""
+    for name in ("smtp\npassword", "\x1b[31mred", b"caf\xe9"):
+        secret = flowmill("secret", "set", name, data_dir=data_dir, stdin="s3cr3t\n")
+        assert secret.returncode == 2, (name, secret.stderr)
+        assert "secret name" in secret.stderr and "not allowed" in secret.stderr
+        conn = flowmill("connection", "set", name, "--url", "sqlite://", data_dir=data_dir)
+        assert conn.returncode == 2, (name, conn.stderr)
+        assert "connection name" in conn.stderr and "not allowed" in conn.stderr
+    assert flowmill("secret", "list", data_dir=data_dir).stdout == ""
+    assert flowmill("connection", "list", data_dir=data_dir).stdout == ""
+
+
 def test_runs_are_recorded_in_the_store_with_the_flow_version(data_dir: Path):
     result = flowmill("run", str(SAMPLE), "--json", data_dir=data_dir)
     summary = json.loads(result.stdout)

@@ -112,6 +112,20 @@ def test_submit_refuses_bad_flows_and_params(data_dir: Path, tmp_path: Path):
     assert delay.returncode == 2 and "max-delay" in delay.stderr
 
 
+def test_submit_refuses_a_time_outside_the_years_1_to_9999_and_a_vat_of_infinity(data_dir: Path):
+    """Fuzzing found both: year 1 local time is year 0 in UTC (a traceback before), and
+    1e400 read as infinity, which no database stores as a number."""
+    year_one = fm("submit", str(SAMPLE), "--at", "0001-01-01T00:00", data_dir=data_dir)
+    assert year_one.returncode == 2, year_one.stderr
+    assert "--at: '0001-01-01T00:00' is out of range" in year_one.stderr
+    assert "Traceback" not in year_one.stderr
+    for value in ("1e400", "nan"):
+        vat = fm("submit", str(SAMPLE), "--param", f"vat={value}", data_dir=data_dir)
+        assert vat.returncode == 2 and "param 'vat'" in vat.stderr, vat.stderr
+        assert "not a finite number" in vat.stderr
+    assert fm("jobs", "list", "--json", data_dir=data_dir).stdout.strip() == "[]"
+
+
 def test_flows_import_list_export_and_submit_by_id(data_dir: Path):
     imported = fm("flows", "import", str(SAMPLE), data_dir=data_dir)
     assert imported.returncode == 0 and "csv-to-sql: imported" in imported.stdout
@@ -242,6 +256,7 @@ def test_serve_runs_a_submitted_job_and_a_stop_file_ends_it_with_exit_0(data_dir
     job_id = fm("submit", str(SAMPLE), data_dir=data_dir).stdout.strip()
     port = free_port()
     env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir), "FLOWMILL_WEB_PORT": str(port)}
+    env |= {"FLOWMILL_FTPS_PORT": "0", "FLOWMILL_WEBDAV_PORT": "0"}
     server = subprocess.Popen(
         [str(FLOWMILL), "serve"],
         stdout=subprocess.PIPE,

@@ -98,6 +98,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         **os.environ,
         "FLOWMILL_DATA_DIR": str(data_dir),
         "FLOWMILL_WEB_PORT": str(port),
+        "FLOWMILL_FTPS_PORT": "0",  # the file servers on ports of their own
+        "FLOWMILL_WEBDAV_PORT": "0",
         "FLOWMILL_WEB_HOST": "127.0.0.1",
     }
     log = data_dir.parent / "serve.log"

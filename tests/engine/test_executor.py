@@ -348,6 +348,17 @@ def test_params_are_typed_and_unknown_params_refused(executor):
     assert executor.run(f, {"limit": "7"}).ok
 
 
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "nan", "inf", float("inf"), float("nan")])
+def test_a_number_param_must_be_finite(executor, value: Any):
+    # float("1e400") is infinity: it neither compares nor stores as a number
+    f = flow(
+        [node("src", "test.source", n=1)], [], params={"vat": {"type": "number", "default": 1.19}}
+    )
+    with pytest.raises(ParamError, match=r"param 'vat': .* is not a finite number"):
+        executor.run(f, {"vat": value})
+    assert executor.run(f, {"vat": "1,07"}).ok
+
+
 def test_node_finished_events_carry_counts(executor, events):
     f = flow([node("src", "test.source", n=42), node("dst", "test.sink")], [edge("src", "dst")])
     executor.run(f)

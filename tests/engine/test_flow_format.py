@@ -88,6 +88,10 @@ def test_hash_ignores_key_and_node_order_but_not_content():
         ('{"nodes": [', "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
         ("[" * 100 + "]" * 100, "nested deeper"),
+        ('{"nodes": [{"id": "\\ud800"}]}', "nodes[0].id: unpaired surrogates"),
+        ('{"nodes": [{"config": {"\\udc00": 1}}]}', "nodes[0].config.'\\udc00': unpaired"),
+        ('{"nodes": [{"id": "a\\u0000"}]}', "nodes[0].id: NUL characters"),
+        ('{"params": {"vat": {"default": 1e400}}}', "number 1e400 is too large"),
     ],
 )
 def test_hostile_or_broken_documents_are_rejected(text: str, message: str):
@@ -110,6 +114,20 @@ def test_oversized_documents_are_rejected_before_parsing(tmp_path: Path):
     path.write_text(big)
     with pytest.raises(FlowFormatError, match=r"big\.flow\.json"):
         load_flow(path)
+
+
+def test_text_no_database_can_store_is_refused_naming_where_without_echoing_it():
+    """Fuzzing found JSON escapes of lone surrogates read as flows; the store then failed
+    on writing. The key is named, cut short, and the document never comes back."""
+    key = "k" * 1000 + "\ud800"
+    for text in (json.dumps({"id": "x", "nodes": [{key: 1}]}), '{"id": "\ud800"}'):
+        with pytest.raises(FlowFormatError) as info:
+            parse_flow_text(text, "evil.flow.json")
+        assert "unpaired surrogates" in str(info.value)
+        assert len(str(info.value)) < 300
+    in_keys = r"nodes\[0\]\.'k{40}'…: unpaired surrogates .* in keys"
+    with pytest.raises(FlowFormatError, match=in_keys):
+        parse_flow_text(json.dumps({"id": "x", "nodes": [{key: 1}]}))
 
 
 def test_missing_file_names_the_path(tmp_path: Path):

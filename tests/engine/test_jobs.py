@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.clock import FakeClock
+from engine.clock import FakeClock, parse_moment
+from engine.errors import FlowmillError
 from engine.events import EventBus, JobChanged
 from engine.jobs import JobError, JobNotFound, JobStore
 from engine.store import open_store
@@ -66,6 +67,19 @@ def test_not_before_is_respected(js: JobStore, clock: FakeClock):
     assert js.next_due() == job.not_before
     clock.advance(timedelta(minutes=10))
     assert js.claim("w").id == job.id
+
+
+@pytest.mark.parametrize(
+    "text", ["0001-01-01T00:00", "0001-01-01T00:00+14:00", "9999-12-31T23:59-14:00"]
+)
+def test_a_not_before_outside_the_years_1_to_9999_in_utc_is_refused_naming_the_field(text: str):
+    # fuzzing found these crashing (ValueError, OverflowError) on the way to the UTC store
+    with pytest.raises(FlowmillError, match=r"^--at: '.*' is out of range"):
+        parse_moment(text, "--at")
+    assert parse_moment("0001-01-02T00:00+14:00", "--at").year == 1  # still year 1 in UTC
+    with pytest.raises(FlowmillError, match="not an ISO date-time") as info:
+        parse_moment("x" * 100_000, "--at")
+    assert len(str(info.value)) < 100
 
 
 def test_job_past_max_delay_expires_and_never_runs(js: JobStore, clock: FakeClock):

@@ -14,6 +14,7 @@ from engine.registry import Registry
 BUILTINS = {
     "trigger.manual": "nodes.triggers",
     "trigger.schedule": "nodes.schedule",
+    "trigger.file_drop": "nodes.file_drop",
     "file.read": "nodes.files",
     "file.write": "nodes.files",
     "transform.map": "nodes.transform",

@@ -9,6 +9,7 @@ import pytest
 
 from engine.calendars import ScheduleError
 from engine.clock import FakeClock
+from engine.errors import FlowmillError
 from engine.flow import write_flow
 from engine.service import Flowmill
 
@@ -119,3 +120,24 @@ def test_schedule_whose_flow_is_gone_stops_with_an_error(app: Flowmill, clock: F
     assert "report" in info.error and info.next_fire is None
     clock.advance(timedelta(hours=2))
     assert fired(app) == []  # stopped: not retried every turn
+
+
+@pytest.mark.parametrize("name", ["nightly\x00", "nightly\n", "\x1b[2Jnightly", "caf\udce9"])
+def test_schedule_calendar_condition_group_and_pool_names_must_be_plain_text(
+    app: Flowmill, name: str
+):
+    """NUL reached PostgreSQL through the CLI; the API refused it. Both come through here."""
+    calls = {
+        "schedule": lambda: app.add_schedule(name, "report", {"every": "1h"}),
+        "calendar": lambda: app.set_calendar(name, "DE-BY"),
+        "condition": lambda: app.set_condition(name, {"saturday": "none"}),
+        "group": lambda: app.submit("report", group=name),
+        "pool": lambda: app.submit("report", pool=name),
+    }
+    for what, call in calls.items():
+        with pytest.raises(FlowmillError, match=f"^{what} name .* is not allowed"):
+            call()
+    with pytest.raises(FlowmillError, match=r"^params: shop: unpaired surrogates"):
+        app.submit("report", {"shop": "\ud800"})  # a request file's JSON escape
+    assert app.schedules.list() == [] and app.list_calendars() == []
+    assert app.list_conditions() == [] and app.jobs.list() == []

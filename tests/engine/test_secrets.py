@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from engine.errors import FlowmillError
 from engine.secrets import ENV_KEY, KEY_FILE, SecretBox, SecretKeyError
+from engine.service import Flowmill
 from engine.store import open_store
 
 
@@ -106,3 +107,18 @@ def test_a_tampered_token_is_refused(data_dir: Path) -> None:
     with pytest.raises(SecretKeyError):
         middle = len(token) // 2
         box.decrypt(token[:middle] + ("A" if token[middle] != "A" else "B") + token[middle + 1 :])
+
+
+@pytest.mark.parametrize("name", ["smtp\x00", "smtp\npassword", "\x1b[31mred", "caf\udce9"])
+def test_secret_and_connection_names_must_be_plain_text(
+    db_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """PostgreSQL stored NUL in no name (a 500 or a traceback before); a newline or escape
+    sequence made listings lie. Every front end comes through the service's check."""
+    monkeypatch.setenv("FLOWMILL_DATABASE_URL", db_url)
+    with Flowmill.open(data_dir) as app:
+        with pytest.raises(FlowmillError, match=r"secret name .* is not allowed"):
+            app.set_secret(name, "s3cret")
+        with pytest.raises(FlowmillError, match=r"connection name .* is not allowed"):
+            app.set_connection(name, {"url": "sqlite://"})
+        assert app.list_secrets() == [] and app.list_connections() == []

@@ -86,6 +86,8 @@ class Cluster:
             "FLOWMILL_DATA_DIR": str(self.data(name)),
             "FLOWMILL_SECRET_KEY": KEY,
             "FLOWMILL_WEB_PORT": "0",  # two servers on one machine: no web app needed here
+            "FLOWMILL_FTPS_PORT": "0",  # file servers on ports of their own
+            "FLOWMILL_WEBDAV_PORT": "0",
         }
         proc = subprocess.Popen(
             [str(FLOWMILL), "serve"],

@@ -30,6 +30,7 @@ def test_quickstart_serves_the_samples_and_runs_one(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = _free_port()
     env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir), "FLOWMILL_WEB_PORT": str(port)}
+    env |= {"FLOWMILL_FTPS_PORT": "0", "FLOWMILL_WEBDAV_PORT": "0"}  # ports of their own
     env.pop("FLOWMILL_FLOWS_DIR", None)
     log = tmp_path / "quickstart.log"
     with log.open("wb") as out:
