@@ -94,7 +94,9 @@ INITIAL_PASSWORD_FILE = "initial-admin-password"
 TOKEN_PREFIX = "fmt_"
 TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)  # last_used_at is written at most this often
 
-_NAME = re.compile(r"[a-z0-9_.-]{1,64}")
+# starts with a letter, digit or '_': never '.', '..' or a hidden name, because a user name
+# is also the name of the user's file-drop home folder (DATA/drop/<name>)
+_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}")
 _AUTH_FAILED = "wrong user name or password"
 _TOKEN_FAILED = "invalid or revoked API token"
 
@@ -281,7 +283,7 @@ def check_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise UserError(
             f"user name {str(name)[:70]!r} is not allowed: use 1 to 64 lowercase letters, digits, "
-            "'_', '.' or '-'"
+            "'_', '.' or '-', starting with a letter, digit or '_'"
         )
     return name
 

@@ -79,6 +79,8 @@ class DropQueue:
 
 def drop_home(data_dir: Path, user: str) -> Path:
     """The folder a drop user sees as ``/`` on FTPS and WebDAV: ``DATA/drop/<user>``."""
+    if not user or user.startswith(".") or "/" in user or "\x00" in user:
+        raise ValueError(f"{user[:40]!r} cannot be the name of a home folder")
     home = Path(data_dir).resolve() / "drop" / user
     home.mkdir(parents=True, exist_ok=True)
     return home

@@ -440,3 +440,9 @@ def test_only_drop_users_log_in_to_the_file_servers(us: UserStore) -> None:
     us.set_file_drop("scanner", False)
     with pytest.raises(AuthError):
         us.authenticate_drop("scanner", "scanner password 1")
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "-x"])
+def test_names_that_could_be_special_folders_are_refused(us: UserStore, name: str) -> None:
+    with pytest.raises(UserError, match="not allowed"):
+        us.add(name, "a long password 1", "operator", file_drop=True)
