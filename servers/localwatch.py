@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,12 @@ class _Handler(FileSystemEventHandler):
         self.watcher = watcher
 
     def on_closed(self, event: FileClosedEvent) -> None:
-        if not event.is_directory:
-            self.watcher.complete(Path(str(event.src_path)))
+        if not event.is_directory:  # the size must settle: checked off the observer thread
+            self.watcher.pool.submit(self.watcher.complete, Path(str(event.src_path)), True)
 
     def on_moved(self, event: FileMovedEvent) -> None:
-        if not event.is_directory:
-            self.watcher.complete(Path(str(event.dest_path)))
+        if not event.is_directory:  # a rename finishes a file at once
+            self.watcher.complete(Path(str(event.dest_path)), False)
 
 
 class LocalWatcher:
@@ -47,6 +48,7 @@ class LocalWatcher:
         self._watches: dict[Path, Any] = {}
         self._lock = threading.Lock()
         self._handler = _Handler(self)
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="flowmill-local-drop")
 
     def start(self) -> None:
         self._observer.start()
@@ -65,14 +67,15 @@ class LocalWatcher:
                     self._handler, str(folder), recursive=False
                 )
 
-    def complete(self, path: Path) -> None:
+    def complete(self, path: Path, settle: bool) -> None:
         if path.name.startswith(".") or path.parent not in self._watches:
             return
         try:
             size = path.stat().st_size
-            time.sleep(STABLE_AFTER)
-            if not path.is_file() or path.stat().st_size != size:
-                return  # still being written: its next close counts
+            if settle:
+                time.sleep(STABLE_AFTER)
+                if not path.is_file() or path.stat().st_size != size:
+                    return  # still being written: its next close counts
             event = DropEvent(
                 path=str(path),
                 name=path.name,
@@ -90,3 +93,4 @@ class LocalWatcher:
     def stop(self) -> None:
         self._observer.stop()
         self._observer.join(5)
+        self.pool.shutdown(wait=True, cancel_futures=True)
