@@ -19,7 +19,6 @@ import ftplib
 import os
 import re
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
@@ -35,20 +34,12 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import free_port, percentile  # noqa: E402
 from engine.service import Flowmill  # noqa: E402
 
 USER, PASSWORD = "bench", "bench password 123"
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def flow(flow_id: str, **config: str) -> dict:

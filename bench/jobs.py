@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import percentile  # noqa: E402
 from engine.batchserver import BatchServer  # noqa: E402
 from engine.flow import write_flow  # noqa: E402
 from engine.service import Flowmill  # noqa: E402
@@ -50,10 +51,6 @@ def baseline(n: int) -> float:
             pass
         return time.perf_counter() - began
 
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:
