@@ -34,6 +34,10 @@ def add_parsers(sub: Any) -> None:
         "serve", help="run everything: web app, batch server (scheduler and workers)"
     )
     _data_dir(serve)
+    serve.add_argument("--no-ftps", action="store_true", help="do not start the FTPS server")
+    serve.add_argument(
+        "--no-webdav", action="store_true", help="do not start the WebDAV server"
+    )
     web = sub.add_parser(
         "web",
         help="run only the web app (e.g. a second web process; see FLOWMILL_SOCKETIO_QUEUE)",
@@ -194,15 +198,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def echo(text: str) -> None:
         print(text, flush=True)
 
+    from servers.fileservers import FileServers
+
     with Flowmill.open(args.data_dir) as app:
         server = BatchServer(app, echo=echo)
         web = WebServer(app, echo)
         web.start()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: server.request_stop())
+        files = FileServers(app, echo, ftps=not args.no_ftps, webdav=not args.no_webdav)
         try:
+            files.start()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: server.request_stop())
             return server.serve()
         finally:
+            files.stop()
             web.stop()
 
 
@@ -382,8 +391,11 @@ def cmd_conditions(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from servers.fileservers import read_status
+
     with Flowmill.open(args.data_dir) as app:
         report = app.status()
+        report["file_servers"] = read_status(app.settings.data_dir)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -401,6 +413,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     for job in report["running"]:
         print(
             f"  running: job {job['id']} {job['flow']} on {job['worker']} since {job['started_at']}"
+        )
+    files = report["file_servers"]
+    if files is None:
+        print("file servers: not running")
+    else:
+        for name, state in sorted(files["servers"].items()):
+            details = ", ".join(f"{k} {v}" for k, v in sorted(state.items()))
+            print(f"{name}: {details}")
+        drops = files["drops"]
+        print(
+            f"file drops: {drops['jobs_started']} jobs started, {drops['waiting']} waiting, "
+            f"{drops['unmatched_files']} files no flow waited for"
         )
     return EXIT_OK
 
