@@ -97,6 +97,8 @@ class FtpsServer:
         self._drops = drops
         self._host = host or os.environ.get("FLOWMILL_FTPS_HOST") or DEFAULT_HOST
         self._port = _port_setting(port)
+        if passive_ports is None:
+            passive_ports = _passive_setting()
         if passive_ports is not None and (
             len(passive_ports) == 0 or passive_ports[0] < 1024 or passive_ports[-1] > 65535
         ):
@@ -605,6 +607,20 @@ def _port_setting(port: int | None) -> int:
     if not 0 <= value <= 65535:
         raise FlowmillError(f"FTPS {source}: {value!r} is not a port number (0-65535)")
     return value
+
+
+def _passive_setting() -> range | None:
+    """``FLOWMILL_FTPS_PASSIVE_PORTS=60000-60099`` (for a firewall); unset: any free port."""
+    raw = os.environ.get("FLOWMILL_FTPS_PASSIVE_PORTS", "").strip()
+    if not raw:
+        return None
+    first, _, last = raw.partition("-")
+    try:
+        return range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise FlowmillError(
+            f"FLOWMILL_FTPS_PASSIVE_PORTS: {raw[:40]!r} is not a range like 60000-60099"
+        ) from None
 
 
 def _user_folder(username: str) -> str | None:

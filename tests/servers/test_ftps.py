@@ -658,3 +658,17 @@ def test_stale_temporaries_from_a_crash_are_removed_on_start(tmp_path):
     server.start()
     server.stop()
     assert not stale.exists() and fresh.exists()
+
+
+def test_passive_ports_come_from_the_environment(ftps_site, monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        low = min(probe.getsockname()[1], 60000)
+    monkeypatch.setenv("FLOWMILL_FTPS_PASSIVE_PORTS", f"{low}-{low + 9}")
+    site = ftps_site()
+    with site.client() as ftp:
+        _host, port = ftp.makepasv()
+        assert low <= port <= low + 9
+    monkeypatch.setenv("FLOWMILL_FTPS_PASSIVE_PORTS", "lots")
+    with pytest.raises(FlowmillError, match="FLOWMILL_FTPS_PASSIVE_PORTS"):
+        ftps_site()
