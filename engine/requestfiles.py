@@ -74,7 +74,7 @@ class RequestFolder:
         try:
             stat = path.stat()
             if stat.st_size > MAX_REQUEST_BYTES:
-                return self._reject(path, f"file is larger than {MAX_REQUEST_BYTES} bytes")
+                return self.reject(path, f"file is larger than {MAX_REQUEST_BYTES} bytes")
             raw = path.read_bytes()
         except FileNotFoundError:
             return None  # taken by someone else meanwhile
@@ -83,12 +83,12 @@ class RequestFolder:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             if time.time() - stat.st_mtime < SETTLE_SECONDS:
                 return None  # probably still being written: look again later
-            return self._reject(path, f"not valid JSON: {exc}")
+            return self.reject(path, f"not valid JSON: {exc}")
         problems = sorted(_VALIDATOR.iter_errors(request), key=lambda e: list(e.path))
         if problems:
             first = problems[0]
             where = ".".join(str(p) for p in first.absolute_path)
-            return self._reject(path, f"{where + ': ' if where else ''}{first.message}")
+            return self.reject(path, f"{where + ': ' if where else ''}{first.message}")
         try:
             job = self.app.submit(
                 request["flow"],
@@ -105,13 +105,14 @@ class RequestFolder:
                 source=f"request file {path.name}",
             )
         except FlowmillError as exc:
-            return self._reject(path, str(exc))
+            return self.reject(path, str(exc))
         self.accepted.mkdir(parents=True, exist_ok=True)
         path.replace(_free_name(self.accepted / f"{path.stem}.job-{job.id}{path.suffix}"))
         log.info("request file %s accepted as job %s", path.name, job.id)
         return job.id
 
-    def _reject(self, path: Path, reason: str) -> str:
+    def reject(self, path: Path, reason: str) -> str:
+        """Move a request file to ``rejected/`` with ``NAME.reason.txt`` beside it."""
         self.rejected.mkdir(parents=True, exist_ok=True)
         target = _free_name(self.rejected / path.name)
         path.replace(target)

@@ -97,8 +97,7 @@ class DropDispatcher:
         parts = PurePosixPath(event.name).parts
         if event.source != "local" and parts[0] == "requests" and event.name.endswith(".json"):
             if len(parts) == 2:  # not requests/accepted/… or requests/rejected/…
-                for name, outcome in RequestFolder(Path(event.path).parent, self.service).scan():
-                    self.echo(f"request {event.user}:{name}: {outcome}")
+                self._request(event)
             return []
         started: list[int] = []
         after = "keep"
@@ -132,6 +131,22 @@ class DropDispatcher:
             self.unmatched += 1
             log.info("%s: no enabled flow waits for this file", _who(event))
         return started
+
+    def _request(self, event: DropEvent) -> None:
+        """A job request uploaded by a drop user: only users who may run jobs may send one."""
+        folder = RequestFolder(Path(event.path).parent, self.service)
+        try:
+            allowed = self.service.users.get(event.user).can("jobs.run")
+        except FlowmillError:
+            allowed = False
+        if not allowed:
+            reason = f"user {event.user} may not run jobs (role without jobs.run)"
+            if Path(event.path).exists():
+                folder.reject(Path(event.path), reason)
+            self.echo(f"request {event.user}:{event.name}: {reason}")
+            return
+        for name, outcome in folder.scan():
+            self.echo(f"request {event.user}:{name}: {outcome}")
 
     # -- afterwards ----------------------------------------------------------------------
     def tidy(self) -> None:

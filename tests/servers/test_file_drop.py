@@ -142,6 +142,8 @@ def test_a_request_file_uploaded_into_requests_becomes_a_job(app: Flowmill, data
         {"format": "flowmill/1", "id": "by-request",
          "nodes": [{"id": "start", "type": "trigger.manual", "config": {}}], "edges": []}
     )  # fmt: skip
+    app.users.add("erp", "erp password 123", "operator", file_drop=True)
+    app.users.add("scanner", "scanner password 1", "viewer", file_drop=True)
     home = drop_home(data_dir, "erp")
     (home / "requests").mkdir()
     good = home / "requests" / "nightly.json"
@@ -160,6 +162,16 @@ def test_a_request_file_uploaded_into_requests_becomes_a_job(app: Flowmill, data
     assert [p.name for p in (home / "requests" / "accepted").iterdir()]
     rejected = sorted(p.name for p in (home / "requests" / "rejected").iterdir())
     assert rejected[0].startswith("broken") and any(n.endswith(".reason.txt") for n in rejected)
+    # a drop user whose role may not run jobs cannot send requests either
+    viewer_home = drop_home(data_dir, "scanner")
+    (viewer_home / "requests").mkdir()
+    sneaky = viewer_home / "requests" / "sneaky.json"
+    sneaky.write_text(json.dumps({"flow": "by-request"}))
+    event = DropEvent(str(sneaky), "requests/sneaky.json", 1, "scanner", "ftps", "0")
+    assert dispatcher.handle(event) == []
+    assert len(app.jobs.list()) == 1
+    reason = viewer_home / "requests" / "rejected" / "sneaky.json.reason.txt"
+    assert "may not run jobs" in reason.read_text()
 
 
 def test_trigger_records_are_set_by_the_server_only(app: Flowmill, tmp_path: Path) -> None:
