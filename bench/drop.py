@@ -56,7 +56,7 @@ def flow(flow_id: str, **config: str) -> dict:
 def report(name: str, delays: list[float], expected: int) -> float:
     p50 = percentile(delays, 50) * 1000 if delays else float("nan")
     p99 = percentile(delays, 99) * 1000 if delays else float("nan")
-    print(f"{name:<34} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   jobs {len(delays)}/{expected}")
+    print(f"{name:<36} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   jobs {len(delays)}/{expected}")
     return p50
 
 
@@ -163,13 +163,24 @@ def main() -> None:
                     break
                 time.sleep(0.5)
         delays: dict[str, list[float]] = {"ftps": [], "webdav": [], "local": []}
+        noticed: dict[str, list[float]] = {"ftps": [], "webdav": [], "local": []}
         for job in jobs:
             record = job.params.get("_trigger") or {}
             way = record.get("source")
             if job.started_at and way in finished and record.get("name") in finished[way]:
-                started = job.started_at.astimezone(UTC).timestamp()
-                delays[way].append(started - finished[way][record["name"]])
-        results = {way: report(f"flowmill {way}", delays[way], n) for way in delays}
+                done = finished[way][record["name"]]
+                delays[way].append(job.started_at.astimezone(UTC).timestamp() - done)
+                noticed[way].append(job.submitted_at.astimezone(UTC).timestamp() - done)
+        for way in noticed:
+            report(f"{way}: upload end → job queued", noticed[way], n)
+        results = {
+            way: report(f"{way}: upload end → job started", delays[way], n) for way in delays
+        }
+        queued = [(j.started_at - j.submitted_at).total_seconds() for j in jobs if j.started_at]
+        print(
+            f"{'all: job queued → started':<36} p50 {percentile(queued, 50) * 1000:7.1f} ms"
+            f"   p99 {percentile(queued, 99) * 1000:7.1f} ms"
+        )
         print(
             "ratio of p50 to the plain poller: "
             + ", ".join(f"{way} ×{p50 / base:.2f}" for way, p50 in results.items())
