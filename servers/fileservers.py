@@ -36,11 +36,15 @@ def _status_path(data_dir: Path) -> Path:
 
 
 def read_status(data_dir: Path) -> dict[str, Any] | None:
-    """What the running server last wrote (None: no file servers ran here)."""
+    """What the running server last wrote; None when none runs (no file, or a file older
+    than a few writes, left by a server that died)."""
     try:
-        return json.loads(_status_path(data_dir).read_text())
+        status = json.loads(_status_path(data_dir).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(status, dict) or time.time() - float(status.get("at", 0)) > 5 * STATUS_EVERY:
+        return None
+    return status
 
 
 class FileServers:

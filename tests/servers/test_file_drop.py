@@ -191,3 +191,16 @@ def test_run_by_hand_the_node_reads_the_file_named_by_path(app: Flowmill, tmp_pa
         _flow(str(tmp_path), tmp_path / "o.csv", flow_id="no-path", source="local")
     )
     assert missing.state == "failed" and "no dropped file" in (missing.error or "")
+
+
+def test_status_of_a_server_that_died_is_not_shown(tmp_path: Path) -> None:
+    from servers.fileservers import read_status
+
+    status = tmp_path / "run" / "fileservers.json"
+    status.parent.mkdir()
+    status.write_text(json.dumps({"at": time.time(), "servers": {}, "drops": {}}))
+    assert read_status(tmp_path) is not None
+    status.write_text(json.dumps({"at": time.time() - 60, "servers": {}, "drops": {}}))
+    assert read_status(tmp_path) is None
+    status.write_text("{broken")
+    assert read_status(tmp_path) is None
