@@ -379,8 +379,15 @@ class Executor:
             self._finish_skipped(run, node_run, "node is disabled")
             return
         try:
-            for inbox in node_run.inboxes.values():
-                inbox.wait_ready()
+            inboxes = list(node_run.inboxes.values())
+            if len(inboxes) == 1:
+                inboxes[0].wait_ready()
+            elif inboxes:
+                # one ready input is enough: waiting for all would deadlock a diamond
+                # (read → join.left and read → aggregate → join.right), where the first
+                # input fills up before the other can produce anything
+                while not any(inbox.poll_ready(0.01) for inbox in inboxes):
+                    pass
         except UpstreamFailed as exc:
             self._finish_skipped(run, node_run, str(exc))
             return

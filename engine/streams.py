@@ -78,6 +78,18 @@ class Inbox:
             except queue.Empty:
                 continue
 
+    def poll_ready(self, timeout: float) -> bool:
+        """Like ``wait_ready`` for at most ``timeout`` seconds; True when ready."""
+        if self._peeked is not _NOTHING:
+            return True
+        if self._abort.is_set():
+            raise self._stopped()
+        try:
+            self._peeked = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        return True
+
     def _get(self) -> Any:
         if self._peeked is not _NOTHING:
             item, self._peeked = self._peeked, _NOTHING

@@ -25,6 +25,7 @@ FLOWMILL_TEST_SERVICES=(
   redis      # 127.0.0.1:6379, no password (Celery broker tests use database 15)
   chromium   # /usr/bin/chromium, driven headless by Playwright in tests/e2e
   litmus     # Debian's WebDAV test suite, run against our WebDAV server in tests/servers
+  poppler    # pdftotext/pdftoppm read back the PDFs of tests/nodes/test_pdf.py
 )
 
 # shellcheck source=scripts/lib.sh
@@ -296,6 +297,24 @@ ensure_litmus() {
     return 1
   fi
   say "litmus: ready ($(command -v litmus))"
+}
+
+# --- poppler (reads back rendered PDFs, tests/nodes/test_pdf.py) -----------------------
+
+_poppler_try() { have pdftotext && have pdftoppm; }
+
+ensure_poppler() {
+  if _poppler_try; then
+    say "poppler: ready ($(command -v pdftotext))"
+    return 0
+  fi
+  say "poppler: not installed yet; installing Debian's package"
+  apt_install poppler-utils || return 1
+  if ! _poppler_try; then
+    warn "poppler: installed, yet pdftotext or pdftoppm is missing"
+    return 1
+  fi
+  say "poppler: ready ($(command -v pdftotext))"
 }
 
 # Run directly: ensure the services named on the command line (default: all).

@@ -24,6 +24,7 @@ from engine.executor import Executor
 from engine.flow import flow_hash
 from engine.params import ParamError
 from engine.registry import Registry
+from engine.service import Flowmill
 from engine.spec import Batch, Inputs, NodeSpec, Outputs, RunContext
 
 COLLECTED: dict[str, list[dict[str, Any]]] = {}
@@ -391,3 +392,35 @@ def test_a_node_that_leaves_its_input_unread_does_not_block_the_producer(executo
     assert time.monotonic() - began < 5
     assert result.ok
     assert result.nodes["lazy"].records_out == {"out": 1}
+
+
+COUNT_BY_REGION = {"group_by": ["region"], "aggregations": [{"op": "count", "as": "n"}]}
+
+
+def test_a_diamond_into_a_two_input_node_does_not_deadlock(tmp_path: Path) -> None:
+    """read → join.left and read → aggregate → join.right: the left input fills up long
+    before the aggregate can produce its one batch; the join must start anyway."""
+    data = tmp_path / "sales.csv"
+    data.write_text("region,amount\n" + "".join(f"{'NS'[i % 2]},{i}\n" for i in range(20_000)))
+    flow = {
+        "format": "flowmill/1",
+        "id": "diamond",
+        "nodes": [
+            {"id": "read", "type": "file.read", "config": {"path": str(data)}},
+            {"id": "totals", "type": "transform.aggregate", "config": COUNT_BY_REGION},
+            {"id": "join", "type": "transform.join", "config": {"on": ["region"]}},
+            {"id": "write", "type": "file.write", "config": {"path": str(tmp_path / "o.csv")}},
+        ],
+        "edges": [
+            {"source": "read", "source_port": "out", "target": "join", "target_port": "left"},
+            {"source": "read", "source_port": "out", "target": "totals", "target_port": "in"},
+            {"source": "totals", "source_port": "out", "target": "join", "target_port": "right"},
+            {"source": "join", "source_port": "out", "target": "write", "target_port": "in"},
+        ],
+    }
+    for node in flow["nodes"]:
+        node["config"]["timeout"] = 60  # a deadlock fails the test instead of hanging it
+    with Flowmill.open(tmp_path / "data") as app:
+        result = app.run_flow(flow)
+    assert result.state == "succeeded", result.error
+    assert result.nodes["join"].records_out == {"out": 20_000}

@@ -12,6 +12,12 @@ from engine.errors import DuplicateNodeType, NodeTypeError, UnknownNodeType
 from engine.registry import Registry
 
 BUILTINS = {
+    "transform.aggregate": "nodes.shaping",
+    "transform.sort": "nodes.shaping",
+    "transform.join": "nodes.shaping",
+    "route.switch": "nodes.shaping",
+    "http.request": "nodes.http",
+    "http.download": "nodes.http",
     "trigger.manual": "nodes.triggers",
     "trigger.schedule": "nodes.schedule",
     "trigger.file_drop": "nodes.file_drop",
@@ -24,6 +30,9 @@ BUILTINS = {
     "sql.write": "nodes.sql",
     "sql.execute": "nodes.sql",
     "util.delay": "nodes.util",
+    "pdf.render": "nodes.pdf",
+    "mail.send": "nodes.mail",
+    "notify.broadcast": "nodes.notify",
 }
 
 PLUGIN = """

@@ -132,9 +132,17 @@ window.Flowmill = (() => {
   }
 
   // every page but the login page: who is logged in, and the live connection
+  // a flow's notify.broadcast node: a notice on every open page
+  function onBroadcast(event) {
+    if (event.event === "CustomEvent" && event.name === "broadcast" && event.data) {
+      const kind = ["ok", "error"].includes(event.data.level) ? event.data.level : "info";
+      toast(String(event.data.message || ""), kind, { ms: 10000 }).classList.add("broadcast");
+    }
+  }
+
   const ready = document.body.classList.contains("page-login")
     ? Promise.resolve(null)
-    : init().then((user) => { live(() => {}); return user; });
+    : init().then((user) => { live(onBroadcast); return user; });
 
   return { api, init, can, live, el, toast, fmtTime, fmtSeconds, ApiError, state, ready };
 })();
