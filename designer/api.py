@@ -245,8 +245,7 @@ def list_flows() -> Any:
     body=FLOW_BODY,
 )
 def create_flow() -> Any:
-    flow = flow_body(FLOW_BODY)["flow"]
-    _validate(flow)
+    flow = flow_body(FLOW_BODY)["flow"]  # save_flow validates: nothing is saved if invalid
     info = service().save_flow(flow, base_hash=None, by=g.user.name)
     return jsonify(_flow_out(flow, info)), 201
 

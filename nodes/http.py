@@ -325,6 +325,16 @@ class _Client:
         return text
 
 
+def _reject_failed(
+    ctx: RunContext, client: _Client, record: Mapping[str, Any], exc: _Failed
+) -> None:
+    """A request that failed: the record goes on (error port) with the status, masked."""
+    bad = dict(record)
+    if exc.status is not None:
+        bad["_status"] = exc.status
+    ctx.reject(bad, client.mask(str(exc)))
+
+
 def _error(ctx: RunContext, message: str) -> NodeError:
     return NodeError(ctx.node_id, message, ctx.node_type)
 
@@ -669,10 +679,7 @@ def _request_stream(ctx: RunContext, cfg: Mapping[str, Any], stream: Stream) -> 
         except (_MissingField, TypeError, ValueError) as exc:
             ctx.reject(record, client.mask(str(exc)))
         except _Failed as exc:
-            bad = dict(record)
-            if exc.status is not None:
-                bad["_status"] = exc.status
-            ctx.reject(bad, client.mask(str(exc)))
+            _reject_failed(ctx, client, record, exc)
         return None
 
     def run() -> Iterator[Batch]:
@@ -759,10 +766,7 @@ def _download_stream(ctx: RunContext, cfg: Mapping[str, Any], stream: Stream) ->
         except (_MissingField, ValueError) as exc:
             ctx.reject(record, client.mask(str(exc)))
         except _Failed as exc:
-            bad = dict(record)
-            if exc.status is not None:
-                bad["_status"] = exc.status
-            ctx.reject(bad, client.mask(str(exc)))
+            _reject_failed(ctx, client, record, exc)
         return None
 
     def run() -> Iterator[Batch]:
