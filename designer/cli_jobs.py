@@ -35,9 +35,7 @@ def add_parsers(sub: Any) -> None:
     )
     _data_dir(serve)
     serve.add_argument("--no-ftps", action="store_true", help="do not start the FTPS server")
-    serve.add_argument(
-        "--no-webdav", action="store_true", help="do not start the WebDAV server"
-    )
+    serve.add_argument("--no-webdav", action="store_true", help="do not start the WebDAV server")
     web = sub.add_parser(
         "web",
         help="run only the web app (e.g. a second web process; see FLOWMILL_SOCKETIO_QUEUE)",
@@ -194,6 +192,7 @@ def _job_line(job: Job) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from designer.webserver import WebServer
     from engine.batchserver import BatchServer
+    from engine.listeners import ListenerHost
 
     def echo(text: str) -> None:
         print(text, flush=True)
@@ -205,12 +204,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         web = WebServer(app, echo)
         web.start()
         files = FileServers(app, echo, ftps=not args.no_ftps, webdav=not args.no_webdav)
+        # only the server holding the scheduler lease listens: two never fire one event twice
+        listeners = ListenerHost(app, echo, is_active=lambda: server.active)
         try:
             files.start()
+            listeners.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: server.request_stop())
             return server.serve()
         finally:
+            listeners.stop()
             files.stop()
             web.stop()
 
@@ -391,11 +394,13 @@ def cmd_conditions(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from engine.listeners import read_status as read_listeners
     from servers.fileservers import read_status
 
     with Flowmill.open(args.data_dir) as app:
         report = app.status()
         report["file_servers"] = read_status(app.settings.data_dir)
+        report["listeners"] = read_listeners(app.settings.data_dir)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -425,6 +430,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"file drops: {drops['jobs_started']} jobs started, {drops['waiting']} waiting, "
             f"{drops['unmatched_files']} files no flow waited for"
+        )
+    listeners = report["listeners"]
+    if listeners is None:
+        print("trigger listeners: not running")
+    elif not listeners:
+        print("trigger listeners: none (no enabled flow has an event trigger)")
+    for item in listeners or []:
+        state = "listening" if item["listening"] else f"not listening: {item['error']}"
+        print(
+            f"trigger {item['flow']}/{item['node']} ({item['type']}): {state}, "
+            f"{item['fired']} jobs started"
         )
     return EXIT_OK
 

@@ -98,8 +98,7 @@ def _user_line(user: User) -> str:
     state = "disabled" if user.disabled else "enabled"
     drop = "drop" if user.file_drop else "-"
     return (
-        f"{user.name:<24} {user.role:<9} {state:<9} {drop:<5}"
-        f" created {user.created_at.isoformat()}"
+        f"{user.name:<24} {user.role:<9} {state:<9} {drop:<5} created {user.created_at.isoformat()}"
     )
 
 

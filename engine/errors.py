@@ -16,6 +16,8 @@ __all__ = [
     "ExpressionError",
     "NodeError",
     "RecordError",
+    "PermanentError",
+    "is_permanent",
     "NodeTimeout",
     "RunCancelled",
     "UpstreamFailed",
@@ -92,6 +94,23 @@ class NodeError(FlowmillError):
         self.message = message
 
 
+class PermanentError(NodeError):
+    """A failure that trying again cannot fix: a refused login, an HTTP 4xx, a rejected
+    payload. The executor does not retry it, whatever the node's ``retries``."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True if ``exc`` or an exception it was raised from is a ``PermanentError``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PermanentError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class RecordError(NodeError):
     """One record could not be processed and the node's on_error is ``fail``."""
 
@@ -111,7 +130,7 @@ class UpstreamFailed(FlowmillError):
 class ConnectionNotFound(FlowmillError):
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"connection {name!r} is not defined (add it with `flowmill connection set {name} ...`)"
+            f"connection {name!r} is not defined (add it with `flowmill connection add {name} ...`)"
         )
         self.name = name
 

@@ -101,6 +101,7 @@ class NodeFinished(Event):
     error: str | None = None
     started_at: datetime | None = None
     at: datetime = field(default_factory=_now)
+    last: dict[str, dict[str, Any]] = field(default_factory=dict)  # port -> last record
 
 
 @dataclass(frozen=True)

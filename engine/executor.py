@@ -34,6 +34,7 @@ from engine.errors import (
     RunCancelled,
     SecretNotFound,
     UpstreamFailed,
+    is_permanent,
 )
 from engine.events import (
     CustomEvent,
@@ -90,6 +91,7 @@ class NodeOutcome:
     records_in: dict[str, int] = field(default_factory=dict)
     records_out: dict[str, int] = field(default_factory=dict)
     sample: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    last: dict[str, dict[str, Any]] = field(default_factory=dict)  # port -> last record
     attempts: int = 0
     error: str | None = None
 
@@ -442,7 +444,8 @@ class Executor:
                     self._finish_skipped(run, node_run, stopped)
                     return
                 message = self._describe(node_run, exc)
-                can_retry = attempt <= retries and not node_run.emitted
+                permanent = is_permanent(exc)
+                can_retry = attempt <= retries and not node_run.emitted and not permanent
                 if can_retry and not run.abort.is_set():
                     delay = float(config.get("retry_delay", 1)) * (2 ** (attempt - 1))
                     self._log(run, node_id, "WARNING", f"attempt {attempt} failed: {message}")
@@ -452,8 +455,11 @@ class Executor:
                         return
                     outcome.records_out.clear()
                     outcome.sample.clear()
+                    outcome.last.clear()
                     continue
-                if attempt <= retries and node_run.emitted:
+                if attempt <= retries and permanent:
+                    message += " (not retried: a permanent error)"
+                elif attempt <= retries and node_run.emitted:
                     message += " (not retried: records had already passed downstream)"
                 self._finish_failed(run, node_run, message)
                 return
@@ -583,6 +589,8 @@ class Executor:
         sample = outcome.sample.setdefault(port, [])
         if len(sample) < SAMPLE_SIZE:
             sample.extend(json_safe(r) for r in batch[: SAMPLE_SIZE - len(sample)])
+        if n:  # a copy: consumers may change the records they get
+            outcome.last[port] = json_safe(batch[-1])
         if n and consumers:
             node_run.emitted = True
             for inbox in consumers:
@@ -643,6 +651,7 @@ class Executor:
                 outcome.attempts,
                 error,
                 outcome.started_at,
+                last=dict(outcome.last),
             )
         )
 

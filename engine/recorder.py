@@ -120,6 +120,7 @@ class RunRecorder:
                 records_in=event.records_in,
                 records_out=event.records_out,
                 sample=event.sample,
+                last=event.last,
                 error=event.error,
                 attempts=event.attempts,
             ),

@@ -1,6 +1,7 @@
 """The node registry: which node types exist, found through the ``flowmill.nodes`` entry points.
 
-Each entry point names a module that defines ``NODES`` (a sequence of ``NodeSpec``). The
+Each entry point names a module that defines ``NODES`` (a sequence of ``NodeSpec``) and,
+optionally, ``CONNECTION_TYPES`` (a sequence of ``ConnectionType``). The
 built-in nodes are found the same way as third-party plugins, so a plugin needs no change
 to Flowmill. Two modules declaring the same type is an error naming both.
 """
@@ -13,7 +14,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from engine.errors import DuplicateNodeType, NodeTypeError, UnknownNodeType
-from engine.spec import NodeSpec
+from engine.spec import ConnectionType, NodeSpec
 
 __all__ = ["ENTRY_POINT_GROUP", "Registry"]
 
@@ -26,6 +27,7 @@ class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, NodeSpec] = {}
         self._modules: dict[str, str] = {}
+        self._connection_types: dict[str, ConnectionType] = {}
 
     def add(self, spec: NodeSpec, module: str = "<code>") -> None:
         """Register one node type.
@@ -51,6 +53,30 @@ class Registry:
             raise NodeTypeError(f"node module {module_name} defines no NODES")
         for spec in specs:
             self.add(spec, module_name)
+        for kind in getattr(module, "CONNECTION_TYPES", ()):
+            self.add_connection_type(kind, module_name)
+
+    def add_connection_type(self, kind: ConnectionType, module: str = "<code>") -> None:
+        if not isinstance(kind, ConnectionType):
+            raise NodeTypeError(f"{module}: CONNECTION_TYPES holds {kind!r}, not a ConnectionType")
+        if kind.kind in self._connection_types:
+            raise NodeTypeError(
+                f"connection type {kind.kind!r} is declared twice (again in {module})"
+            )
+        self._connection_types[kind.kind] = kind
+
+    def connection_types(self) -> list[ConnectionType]:
+        return sorted(self._connection_types.values(), key=lambda k: k.kind)
+
+    def connection_type_of(self, settings: dict[str, Any]) -> ConnectionType | None:
+        """The declared ``type`` of a connection's settings, else the one that recognises them."""
+        declared = settings.get("type")
+        if isinstance(declared, str):
+            return self._connection_types.get(declared)
+        for kind in self.connection_types():
+            if kind.detect is not None and kind.detect(settings):
+                return kind
+        return None
 
     @classmethod
     def from_modules(cls, module_names: Iterable[str]) -> Registry:

@@ -22,6 +22,7 @@ __all__ = [
     "Inputs",
     "Outputs",
     "ConfigProblem",
+    "ConnectionType",
     "NodeSpec",
     "RunContext",
     "COMMON_CONFIG_PROPERTIES",
@@ -109,6 +110,9 @@ class NodeSpec:
     check: Callable[[dict[str, Any]], list[ConfigProblem]] | None = None
     # Nodes that run arbitrary code ship disabled; an admin switches them on.
     enabled_by_default: bool = True
+    # Event triggers: ``listen(ctx: engine.listeners.ListenContext)`` runs in the server
+    # process (never in a run), blocks until ``ctx.stopping`` is set and calls ``ctx.fire``.
+    listen: Callable[[Any], None] | None = None
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -150,9 +154,27 @@ class NodeSpec:
             "required_inputs": list(self.required),
             "outputs": list(self.all_outputs),
             "trigger": self.trigger,
+            "listens": self.listen is not None,
             "enabled_by_default": self.enabled_by_default,
             "config_schema": self.full_schema(),
         }
+
+
+@dataclass(frozen=True)
+class ConnectionType:
+    """A kind of named connection (SMTP, IMAP, Mongo, MQTT, …) that node modules declare in
+    ``CONNECTION_TYPES`` beside ``NODES``, so ``flowmill connection test`` can check one.
+
+    ``test(settings, timeout)`` connects and logs in, returns a short line saying what it
+    reached, and raises with a clear message (never the password) when it cannot.
+    ``detect(settings)`` recognises settings stored without an explicit ``type``.
+    """
+
+    kind: str
+    title: str
+    test: Callable[[dict[str, Any], float], str]
+    description: str = ""
+    detect: Callable[[dict[str, Any]], bool] | None = None
 
 
 MAX_LOG_LINES = 10_000

@@ -88,6 +88,7 @@ class NodeRunRecord:
     error: str | None = None
     attempts: int = 0
     status: str | None = None
+    last: dict[str, dict] = field(default_factory=dict)  # the last record per output port
 
 
 @dataclass
@@ -256,6 +257,7 @@ def normalise_node(node: NodeRunRecord) -> NodeRunRecord:
         records_in=json.loads(dump_json(dict(node.records_in))),
         records_out=json.loads(dump_json(dict(node.records_out))),
         sample=json.loads(dump_json(dict(node.sample), lenient=True)),
+        last=json.loads(dump_json(dict(node.last), lenient=True)),
         attempts=int(node.attempts),
     )
 

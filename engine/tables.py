@@ -36,6 +36,7 @@ __all__ = [
     "flows",
     "users",
     "api_tokens",
+    "trigger_state",
     "UTCDateTime",
 ]
 
@@ -146,6 +147,7 @@ node_runs = sa.Table(
     sa.Column("records_in", LongText, nullable=False),  # JSON {port: count}
     sa.Column("records_out", LongText, nullable=False),  # JSON {port: count}
     sa.Column("sample", LongText, nullable=False),  # JSON {port: [record, …]}
+    sa.Column("last", LongText, nullable=True),  # JSON {port: last record}
     sa.Column("error", LongText, nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("status", LongText, nullable=True),
@@ -345,5 +347,17 @@ api_tokens = sa.Table(
     sa.Column("revoked", sa.Boolean(), nullable=False),
     sa.UniqueConstraint("token_hash"),
     sa.Index("ix_api_tokens_user", "user"),
+    **MYSQL_OPTIONS,
+)
+
+# What a trigger's listener must remember between server starts: a SQL change trigger's
+# watermark, a mail trigger's last seen UID, a change stream's resume token.
+trigger_state = sa.Table(
+    "trigger_state",
+    metadata,
+    sa.Column("flow_id", sa.String(ID), primary_key=True),
+    sa.Column("node_id", sa.String(ID), primary_key=True),
+    sa.Column("state", LongText, nullable=False),  # JSON object, the listener's own
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
     **MYSQL_OPTIONS,
 )

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.spec import Inputs, NodeSpec, Outputs, RunContext
+from engine.listeners import fired_records
+from engine.params import TRIGGER_PARAM
+from engine.spec import Inputs, NodeSpec, Outputs, RunContext, batched
 
-__all__ = ["NODES", "MANUAL"]
+__all__ = ["NODES", "MANUAL", "event_records"]
 
 MANUAL_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -21,6 +23,18 @@ MANUAL_SCHEMA: dict[str, Any] = {
 def manual(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
     """One record holding the run's params: the start of a run begun by hand or by a job."""
     return {"out": iter([[dict(ctx.params)]])}
+
+
+def event_records(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
+    """``run`` of an event trigger (TCP, SQL change, mail, MQTT, …): the records of the
+    event its listener fired. Run by hand (editor, CLI), there is no event: the node then
+    outputs one record holding the run's params, so a flow can be tried with a made-up
+    event."""
+    records = fired_records(ctx.params)
+    if records is None:
+        ctx.logger.info("run by hand: no event, one record of the run's params instead")
+        records = [{k: v for k, v in ctx.params.items() if k != TRIGGER_PARAM}]
+    return {"out": batched(records, ctx.batch_size)}
 
 
 MANUAL = NodeSpec(
