@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.errors import FlowmillError
-from engine.params import TRIGGER_PARAM, substitute
+from engine.params import TRIGGER_PARAM, param_defaults, substitute
 from engine.tables import trigger_state
 
 __all__ = [
@@ -207,6 +207,11 @@ class ListenContext:
             self.host.watch_job(job.id, on_done)
         return int(job.id)
 
+    def on_done(self, job_id: int, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(job)`` once job ``job_id`` has ended (``job`` None: it is gone),
+        e.g. for a job fired before the server restarted."""
+        self.host.watch_job(job_id, callback)
+
     def load_state(self) -> dict[str, Any]:
         return self.host.state.get(self.flow_id, self.node_id)
 
@@ -263,7 +268,15 @@ class ListenerHost:
                     continue
                 if getattr(spec, "listen", None) is None:
                     continue
-                config = spec.with_defaults(node.get("config") or {})
+                # ${data_dir} and the flow's param defaults are filled in like in a run
+                defaults = {k: v for k, v in param_defaults(flow).items() if v is not None}
+                values = {**defaults, "data_dir": str(self.data_dir)}
+                config = substitute(
+                    spec.with_defaults(node.get("config") or {}),
+                    spec.full_schema(),
+                    values,
+                    lambda name: {"$secret": name},  # secrets later, in the thread
+                )
                 found[(info.id, node["id"])] = (spec, config)
         return found
 
