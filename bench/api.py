@@ -74,8 +74,6 @@ BARE_APP = textwrap.dedent(
 )
 
 
-
-
 def wait_port(port: int) -> None:
     deadline = time.monotonic() + 30
     while True:

@@ -40,8 +40,6 @@ from engine.service import Flowmill  # noqa: E402
 USER, PASSWORD = "bench", "bench password 123"
 
 
-
-
 def flow(flow_id: str, **config: str) -> dict:
     return {
         "format": "flowmill/1",

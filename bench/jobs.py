@@ -52,7 +52,6 @@ def baseline(n: int) -> float:
         return time.perf_counter() - began
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)

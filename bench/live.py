@@ -39,8 +39,6 @@ from engine.service import Flowmill  # noqa: E402
 SPACING = 0.002  # seconds between published events
 
 
-
-
 # -- the client process -------------------------------------------------------------------
 async def _socketio_clients(url: str, token: str, count: int, events: int) -> list[float]:
     import socketio

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, Response
 
 import designer.api_setup  # noqa: F401 - adds its routes to api.bp before it is registered
-from designer import api, auth, errors, pages
+from designer import api, auth, errors, hooks, pages
 from designer.live import LiveHub
 
 __all__ = ["create_app", "session_key"]
@@ -63,6 +63,7 @@ def create_app(service: Any, config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["flowmill"] = service
     errors.install(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(hooks.bp)
     pages.register(app)
     queue_url = app.config.get("FLOWMILL_SOCKETIO_QUEUE", os.environ.get("FLOWMILL_SOCKETIO_QUEUE"))
     app.extensions["flowmill_live"] = LiveHub(app, service, queue_url)

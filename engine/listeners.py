@@ -160,6 +160,7 @@ class ListenContext:
         self.stopping = threading.Event()
         self.log = _TriggerLog(f"flow {flow_id}, node {node_id} ({node_type})", host.echo)
         self.fired = 0
+        self._count_lock = threading.Lock()
         self.last_error: str | None = None
         self.ready = threading.Event()  # set by the listener once it listens (tests wait)
 
@@ -202,7 +203,8 @@ class ListenContext:
             source=source or f"{self.node_type} ({self.node_id})",
             allow_files=False,
         )
-        self.fired += 1
+        with self._count_lock:  # listeners may fire from several threads
+            self.fired += 1
         if on_done is not None:
             self.host.watch_job(job.id, on_done)
         return int(job.id)
@@ -320,6 +322,7 @@ class ListenerHost:
                 raw = spec.with_defaults(ctx.raw_config)
                 ctx.config = substitute(raw, spec.full_schema(), {}, ctx.secret)
                 spec.listen(ctx)
+                ctx.ready.clear()
                 if ctx.stopping.is_set():
                     return
                 raise FlowmillError("the listener ended by itself")

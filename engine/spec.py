@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConnectionNotFound, RecordError, RunCancelled, SecretNotFound
+from engine.errors import (
+    ConnectionNotFound,
+    NodeError,
+    RecordError,
+    RunCancelled,
+    SecretNotFound,
+)
 
 __all__ = [
     "Batch",
@@ -313,7 +319,7 @@ class RunContext:
         With ``on_error: route`` it goes to the node's ``error`` port with ``_error`` and
         ``_node`` attached and the node goes on; with ``fail`` this raises ``RecordError``.
         """
-        message = str(error)
+        message = error.message if isinstance(error, NodeError) else str(error)
         if self.on_error != "route" or self._reject_sink is None:
             raise RecordError(self.node_id, message, self.node_type) from (
                 error if isinstance(error, BaseException) else None

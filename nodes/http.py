@@ -35,7 +35,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
 
-from engine.errors import NodeError
+from engine.errors import NodeError, PermanentError
 from engine.spec import (
     Batch,
     ConfigProblem,
@@ -330,9 +330,15 @@ def _reject_failed(
 ) -> None:
     """A request that failed: the record goes on (error port) with the status, masked."""
     bad = dict(record)
+    message = client.mask(str(exc))
     if exc.status is not None:
         bad["_status"] = exc.status
-    ctx.reject(bad, client.mask(str(exc)))
+    if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429):
+        # the partner refused this request (auth, payload): the same request fails again,
+        # so the node's retries are not spent on it
+        ctx.reject(bad, PermanentError(ctx.node_id, message, ctx.node_type))
+    else:
+        ctx.reject(bad, message)
 
 
 def _error(ctx: RunContext, message: str) -> NodeError:
@@ -417,7 +423,8 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # seconds, also with a fraction: Shopify sends "Retry-After: 2.0"
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
         return float(value)
     try:
         when = parsedate_to_datetime(value)

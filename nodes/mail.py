@@ -19,13 +19,22 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import getaddresses, make_msgid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from engine.errors import NodeError
-from engine.spec import Batch, ConfigProblem, Inputs, NodeSpec, Outputs, RunContext
+from engine.errors import FlowmillError, NodeError, PermanentError
+from engine.spec import (
+    Batch,
+    ConfigProblem,
+    ConnectionType,
+    Inputs,
+    NodeSpec,
+    Outputs,
+    RunContext,
+)
 
 __all__ = ["MAIL_SEND", "NODES", "SEND_SCHEMA", "check_send", "send_mail"]
 
@@ -262,11 +271,12 @@ class _Session:
                 self._login(smtp)
         except smtplib.SMTPAuthenticationError as exc:
             self.close()
-            # a refused login fails the same way every time: say so, never loop on it
-            raise _fail(
-                self.ctx,
+            # a refused login fails the same way every time: never retried
+            raise PermanentError(
+                self.ctx.node_id,
                 f"SMTP server {where} refused the login of {s.user!r} ({_reason(exc)}); "
                 "check the connection's user and password",
+                self.ctx.node_type,
             ) from exc
         except smtplib.SMTPNotSupportedError as exc:
             self.close()
@@ -576,3 +586,47 @@ MAIL_SEND = NodeSpec(
 )
 
 NODES = (MAIL_SEND,)
+
+
+# -- connection type ------------------------------------------------------------------
+
+
+def try_smtp_connection(settings: dict[str, Any], timeout: float) -> str:
+    """``flowmill connection test`` for SMTP: connect, STARTTLS/TLS as configured, log in.
+
+    Raises:
+        FlowmillError: with what went wrong and where (never the password).
+    """
+    # the node's own helpers want a run context only to name the node in their errors
+    shim: Any = SimpleNamespace(
+        node_id="connection test", node_type=None, connection=lambda _name: settings
+    )
+    try:
+        server = _server(shim, "under test")
+        session = _Session(shim, server, timeout)
+        try:
+            session.open()
+        finally:
+            session.close()
+    except NodeError as exc:
+        raise FlowmillError(exc.message) from None
+    login = f"logged in as {server.user!r}" if server.user else "no login configured"
+    return f"connected to SMTP server {server.where} ({server.security}); {login}"
+
+
+def _looks_like_smtp(settings: dict[str, Any]) -> bool:
+    host = str(settings.get("host") or "").lower()
+    return host.startswith("smtp.") or str(settings.get("port")) in {"25", "465", "587"}
+
+
+CONNECTION_TYPES = (
+    ConnectionType(
+        kind="smtp",
+        title="SMTP server (sending mail)",
+        test=try_smtp_connection,
+        description="Settings: host, port (default 587/465/25 by security), user, password, "
+        "security (starttls | tls | none; default starttls), from (default sender), ca_file "
+        "(optional PEM).",
+        detect=_looks_like_smtp,
+    ),
+)

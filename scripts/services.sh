@@ -26,6 +26,8 @@ FLOWMILL_TEST_SERVICES=(
   chromium   # /usr/bin/chromium, driven headless by Playwright in tests/e2e
   litmus     # Debian's WebDAV test suite, run against our WebDAV server in tests/servers
   poppler    # pdftotext/pdftoppm read back the PDFs of tests/nodes/test_pdf.py
+  dovecot    # /usr/sbin/dovecot: tests/nodes/test_imap.py starts its own on a loopback port
+  mosquitto  # 127.0.0.1:1883, anonymous; tests/nodes/test_mqtt.py also starts its own (TLS)
 )
 
 # shellcheck source=scripts/lib.sh
@@ -315,6 +317,102 @@ ensure_poppler() {
     return 1
   fi
   say "poppler: ready ($(command -v pdftotext))"
+}
+
+# --- Dovecot (IMAP server for tests/nodes/test_imap.py) ---------------------------------
+
+# The tests start their own `dovecot -F -c TMP/dovecot.conf` on free loopback ports; only the
+# binary is needed. The system service is neither started nor used.
+_dovecot_try() { [ -x /usr/sbin/dovecot ] && [ -x /usr/lib/dovecot/imap ]; }
+
+ensure_dovecot() {
+  if _dovecot_try; then
+    say "dovecot: ready (/usr/sbin/dovecot; the tests start their own server)"
+    return 0
+  fi
+  say "dovecot: not installed yet; installing Debian's package (its service is not started)"
+  # the package would start the system-wide service: a policy-rc.d saying "no" (101) stops
+  # that; one the machine already has is kept as it is
+  local guard= rc=0
+  if ! as_root test -e /usr/sbin/policy-rc.d; then
+    guard=/usr/sbin/policy-rc.d
+    as_root sh -c 'printf "#!/bin/sh\nexit 101\n" >"$1" && chmod 0755 "$1"' sh "$guard" ||
+      return 1
+  fi
+  apt_install dovecot-imapd || rc=1
+  if [ -n "$guard" ]; then as_root rm -f "$guard"; fi
+  [ "$rc" = 0 ] || return 1
+  if ! _dovecot_try; then
+    warn "dovecot: installed, yet /usr/sbin/dovecot or /usr/lib/dovecot/imap is missing"
+    return 1
+  fi
+  say "dovecot: ready (/usr/sbin/dovecot; the tests start their own server)"
+}
+
+# --- Mosquitto (MQTT broker for tests/nodes/test_mqtt.py) -------------------------------
+
+FLOWMILL_MQTT_CONF=/etc/mosquitto/conf.d/flowmill-tests.conf
+
+_mosquitto_bins() { [ -x /usr/sbin/mosquitto ] && [ -x /usr/bin/mosquitto_passwd ]; }
+
+_mosquitto_try() { # does 127.0.0.1:1883 accept an anonymous MQTT 3.1.1 login (CONNACK 0)?
+  local reply
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  reply=$(timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/1883 &&
+    printf "\x10\x14\x00\x04MQTT\x04\x02\x00\x0a\x00\x08fm-check" >&3 &&
+    head -c 4 <&3 | od -An -tx1' 2>/dev/null) || return 1
+  # shellcheck disable=SC2086 # word splitting trims od's spacing
+  [ "$(echo $reply)" = "20 02 00 00" ]
+}
+
+_mosquitto_start() {
+  # Debian's config writes its pid and log below these; without systemd nobody makes them
+  as_root install -d -m 0755 -o mosquitto -g mosquitto /run/mosquitto /var/log/mosquitto \
+    /var/lib/mosquitto || return 1
+  say "mosquitto: starting mosquitto -d -c /etc/mosquitto/mosquitto.conf"
+  as_root /usr/sbin/mosquitto -d -c /etc/mosquitto/mosquitto.conf || return 1
+  wait_for 15 "mosquitto on 127.0.0.1:1883" port_open 127.0.0.1 1883
+}
+
+ensure_mosquitto() {
+  if _mosquitto_bins && _mosquitto_try; then
+    say "mosquitto: ready (127.0.0.1:1883, anonymous)"
+    return 0
+  fi
+  say "mosquitto: not usable yet; setting it up"
+  local started=0
+  if ! _mosquitto_bins; then
+    apt_install mosquitto || return 1
+    started=1 # a broker we install is ours to configure
+  fi
+  if ! port_open 127.0.0.1 1883; then
+    _mosquitto_start || return 1
+    started=1
+  fi
+  if ! _mosquitto_try; then
+    _may_configure mosquitto "$started" || return 1
+    if as_root test -e "$FLOWMILL_MQTT_CONF" ||
+      ! as_root grep -qE '^[[:space:]]*include_dir[[:space:]]+/etc/mosquitto/conf.d' \
+        /etc/mosquitto/mosquitto.conf ||
+      as_root grep -qE '^[[:space:]]*(listener|allow_anonymous)' /etc/mosquitto/mosquitto.conf; then
+      warn "mosquitto: 127.0.0.1:1883 refuses an anonymous login and its configuration"
+      warn "mosquitto: sets listeners itself; allow anonymous access on 127.0.0.1:1883 by hand"
+      return 1
+    fi
+    # Mosquitto 2 without a listener line allows anonymous access from localhost only;
+    # a listener of our own needs allow_anonymous spelled out
+    say "mosquitto: allowing anonymous access on 127.0.0.1:1883 ($FLOWMILL_MQTT_CONF)"
+    as_root sh -c 'printf "%s\n" "# flowmill tests (scripts/services.sh)" \
+        "listener 1883 127.0.0.1" "allow_anonymous true" >"$1"' sh "$FLOWMILL_MQTT_CONF" ||
+      return 1
+    if as_root test -s /run/mosquitto/mosquitto.pid; then
+      as_root sh -c 'kill "$(cat /run/mosquitto/mosquitto.pid)"' || return 1
+      sleep 1
+    fi
+    _mosquitto_start || return 1
+  fi
+  wait_for 15 "mosquitto anonymous login on 127.0.0.1:1883" _mosquitto_try || return 1
+  say "mosquitto: ready (127.0.0.1:1883, anonymous)"
 }
 
 # Run directly: ensure the services named on the command line (default: all).

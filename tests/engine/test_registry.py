@@ -33,6 +33,17 @@ BUILTINS = {
     "pdf.render": "nodes.pdf",
     "mail.send": "nodes.mail",
     "notify.broadcast": "nodes.notify",
+    "trigger.mail": "nodes.imap",
+    "trigger.tcp": "nodes.tcp",
+    "mqtt.publish": "nodes.mqtt",
+    "trigger.mqtt": "nodes.mqtt",
+    "mongo.find": "nodes.mongo",
+    "mongo.write": "nodes.mongo",
+    "mongo.aggregate": "nodes.mongo",
+    "trigger.mongo_change": "nodes.mongo",
+    "shop.push": "nodes.shop",
+    "trigger.sql_change": "nodes.sqlchange",
+    "trigger.webhook": "nodes.webhook",
 }
 
 PLUGIN = """

@@ -393,3 +393,47 @@ def test_download_404_is_not_retried(server, tmp_path: Path):
     with pytest.raises(RecordError, match="HTTP 404"):
         download(base, {"url": base + "/nothing", "path": str(tmp_path / "f")})
     assert hits["/nothing"] == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_request_is_not_retried_by_the_node_but_a_5xx_is(
+    server: tuple[str, Counter[str]], data_dir: Any
+) -> None:
+    from engine.service import Flowmill
+
+    base, hits = server
+
+    def flow(path: str, connection: str) -> dict[str, Any]:
+        return {
+            "format": "flowmill/1",
+            "id": "call",
+            "nodes": [
+                {"id": "start", "type": "trigger.manual", "config": {}},
+                {
+                    "id": "call",
+                    "type": "http.request",
+                    "config": {
+                        "url": path,
+                        "connection": connection,
+                        "retries": 2,
+                        "retry_delay": 0.01,
+                        "request_retries": 0,
+                    },
+                },
+            ],
+            "edges": [
+                {"source": "start", "source_port": "out", "target": "call", "target_port": "in"}
+            ],
+        }
+
+    with Flowmill.open(data_dir) as app:
+        for name, settings in connections(base).items():
+            app.set_connection(name, settings)
+        refused = app.run_flow(flow("/basic", "wrong"))
+        assert refused.state == "failed"
+        node = refused.nodes["call"]
+        assert node.attempts == 1 and hits["/basic"] == 1
+        assert "401" in (node.error or "") and "not retried: a permanent error" in node.error
+        assert_no_secrets(node.error)
+        down = app.run_flow(flow("/down", "bearer"))
+        node = down.nodes["call"]
+        assert down.state == "failed" and node.attempts == 3 and hits["/down"] == 3

@@ -16,7 +16,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from engine.errors import NodeError, RecordError
+from engine.errors import NodeError, PermanentError, RecordError
 from engine.testing import run_node
 from nodes.mail import MAIL_SEND, check_send
 from servers.tls import certificate
@@ -280,7 +280,7 @@ def test_wrong_password_fails_once_and_is_not_retried(inbox):
             "from": "shop@example.com",
         }
         config = {"to": "b@example.com", "subject": "s", "body": "b", "on_error": "route"}
-        with pytest.raises(NodeError, match=r"refused the login of 'shop' \(535.*password"):
+        with pytest.raises(PermanentError, match=r"refused the login of 'shop' \(535.*password"):
             send(config, [{}, {}, {}], conn)
         assert inbox.logins == ["shop"] and inbox.mails == []
 
