@@ -17,7 +17,7 @@ from flask import jsonify
 from designer.api import PRIORITY, body, bp, query_int, service
 from designer.routing import api_route
 from engine.calendars import DAY_KINDS, DEFAULT_TZ, MISFIRE_POLICIES, SPEC_KEYS
-from engine.errors import ConnectionNotFound
+from engine.errors import ConnectionNotFound, FlowmillError
 from engine.store import MAX_ID_LENGTH
 
 __all__: list[str] = []
@@ -282,3 +282,21 @@ def delete_connection(name: str) -> Any:
     if not service().remove_connection(name):
         raise ConnectionNotFound(name)
     return jsonify({"ok": True})
+
+
+@api_route(
+    bp,
+    "POST",
+    "/connections/<name>/test",
+    summary="Reach the connection's server and log in (never shows a secret)",
+    permission="connections.write",
+    tag="connections",
+)
+def test_connection(name: str) -> Any:
+    try:
+        kind, reached = service().test_connection(name, timeout=10.0)
+    except ConnectionNotFound:
+        raise
+    except FlowmillError as exc:
+        return jsonify({"ok": False, "error": str(exc)})
+    return jsonify({"ok": True, "type": kind, "message": reached})

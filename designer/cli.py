@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from designer import cli_jobs, cli_users
+from designer import cli_connections, cli_jobs, cli_users
 from designer.cli_args import pairs
 from designer.nodedocs import render_markdown
 from engine.errors import FlowFormatError, FlowmillError
@@ -59,18 +59,6 @@ def _parser() -> argparse.ArgumentParser:
     nodes.add_argument("--json", action="store_true", help="the full catalog as JSON")
     nodes.add_argument("--markdown", action="store_true", help="the node reference (docs/nodes.md)")
 
-    conn = sub.add_parser("connection", help="named connections (stored encrypted)")
-    conn_sub = conn.add_subparsers(dest="action", required=True)
-    cset = conn_sub.add_parser("set", help="create or replace a connection")
-    cset.add_argument("name")
-    cset.add_argument("--url", help="a SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db")
-    cset.add_argument(
-        "--option", action="append", default=[], metavar="K=V", help="further settings"
-    )
-    conn_sub.add_parser("list", help="list connection names")
-    crm = conn_sub.add_parser("remove", help="delete a connection")
-    crm.add_argument("name")
-
     sec = sub.add_parser("secret", help="named secrets (stored encrypted)")
     sec_sub = sec.add_subparsers(dest="action", required=True)
     sset = sec_sub.add_parser("set", help="set a secret (value read from stdin or a prompt)")
@@ -79,8 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     srm = sec_sub.add_parser("remove", help="delete a secret")
     srm.add_argument("name")
 
-    for leaf in (*conn_sub.choices.values(), *sec_sub.choices.values()):
+    for leaf in sec_sub.choices.values():
         leaf.add_argument("--data-dir", help="data directory")
+    cli_connections.add_parsers(sub)
     cli_jobs.add_parsers(sub)
     cli_users.add_parsers(sub)
     return parser
@@ -221,26 +210,6 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_connection(args: argparse.Namespace) -> int:
-    with Flowmill.open(args.data_dir) as app:
-        if args.action == "set":
-            settings: dict[str, Any] = pairs(args.option, "--option")
-            if args.url:
-                settings["url"] = args.url
-            if not settings:
-                print("error: give --url and/or --option K=V", file=sys.stderr)
-                return EXIT_INVALID
-            app.set_connection(args.name, settings)
-            print(f"connection {args.name} saved (encrypted)")
-        elif args.action == "list":
-            for name in app.list_connections():
-                print(name)
-        elif not app.remove_connection(args.name):
-            print(f"error: no connection {args.name!r}", file=sys.stderr)
-            return EXIT_FAILED
-    return EXIT_OK
-
-
 def cmd_secret(args: argparse.Namespace) -> int:
     with Flowmill.open(args.data_dir) as app:
         if args.action == "set":
@@ -267,7 +236,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "fmt": cmd_fmt,
     "nodes": cmd_nodes,
-    "connection": cmd_connection,
+    **cli_connections.COMMANDS,
     "secret": cmd_secret,
     **cli_jobs.COMMANDS,
     **cli_users.COMMANDS,

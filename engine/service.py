@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from engine.calendars import SPEC_KEYS, Calendar, ScheduleError, TimeCondition, preview
 from engine.clock import Clock, SystemClock
@@ -226,11 +227,39 @@ class Flowmill:
                 continue
             except FlowmillError as exc:  # stored under another secret key
                 keys, error = [], str(exc)
-            out.append({"name": name, "settings": keys, "error": error})
+            kind = None
+            if error is None:
+                kind = self.connection_type(self.store.get_connection(name))
+            out.append({"name": name, "type": kind, "settings": keys, "error": error})
         return out
 
     def remove_connection(self, name: str) -> bool:
         return self.store.delete_connection(name)
+
+    def connection_type(self, settings: Mapping[str, Any]) -> str | None:
+        """The kind of a connection: its ``type`` setting, else the kind that recognises it."""
+        kind = self.registry.connection_type_of(dict(settings))
+        return kind.kind if kind else settings.get("type")
+
+    def test_connection(self, name: str, timeout: float = 10.0) -> tuple[str, str]:
+        """Reach the connection's server and log in; ``(kind, what it reached)``.
+
+        Raises:
+            FlowmillError: what went wrong, naming the connection, with every secret
+                setting masked.
+        """
+        settings = self.store.get_connection(name)
+        kind = self.registry.connection_type_of(settings)
+        if kind is None:
+            known = ", ".join(k.kind for k in self.registry.connection_types())
+            raise FlowmillError(
+                f"connection {name}: cannot tell its type; add the setting type= one of {known}"
+            )
+        try:
+            return kind.kind, _masked(kind.test(dict(settings), float(timeout)), settings)
+        except Exception as exc:  # any failure is the answer of a test
+            text = _masked(str(exc) or type(exc).__name__, settings)
+            raise FlowmillError(f"connection {name} ({kind.kind}): {text}") from None
 
     def set_secret(self, name: str, value: str) -> None:
         check_name(name, "secret")
@@ -611,3 +640,22 @@ class Flowmill:
     def closed_conditions(self) -> list[str]:
         """Time conditions whose windows are shut now: their jobs wait."""
         return self.schedules.closed_conditions(self.clock.now())
+
+
+_SECRET_KEY = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+
+
+def _masked(text: str, settings: Mapping[str, Any]) -> str:
+    """``text`` with the values of secret-looking settings and URL passwords as ***."""
+    values: set[str] = set()
+    for key, value in settings.items():
+        if not isinstance(value, str) or not value:
+            continue
+        if _SECRET_KEY.search(str(key)):
+            values.add(value)
+        password = urlsplit(value).password if "://" in value else None
+        if password:
+            values.update({password, unquote(password)})
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text

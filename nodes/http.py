@@ -30,15 +30,17 @@ from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from itertools import chain
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
 
-from engine.errors import NodeError, PermanentError
+from engine.errors import FlowmillError, NodeError, PermanentError
 from engine.spec import (
     Batch,
     ConfigProblem,
+    ConnectionType,
     Inputs,
     NodeSpec,
     Outputs,
@@ -48,6 +50,7 @@ from engine.spec import (
 )
 
 __all__ = [
+    "CONNECTION_TYPES",
     "HTTP_REQUEST",
     "HTTP_DOWNLOAD",
     "NODES",
@@ -889,3 +892,59 @@ HTTP_DOWNLOAD = NodeSpec(
 )
 
 NODES = (HTTP_REQUEST, HTTP_DOWNLOAD)
+
+
+# -- connection type ------------------------------------------------------------------
+def try_http_connection(settings: dict[str, Any], timeout: float) -> str:
+    """``flowmill connection test`` for a REST API: GET ``base_url`` (or ``base_url`` +
+    ``test_path``) with the connection's auth. 401/403 fail; other answers show that the
+    server is reachable, and the message says what it answered.
+
+    Raises:
+        FlowmillError: naming the URL without credentials, never a secret.
+    """
+    shim: Any = SimpleNamespace(
+        node_id="connection test", node_type=None, connection=lambda _name: settings
+    )
+    try:
+        client = _client(shim, {"connection": "under test"})
+    except NodeError as exc:
+        raise FlowmillError(exc.message) from None
+    base = str(settings.get("base_url") or "")
+    if not urlsplit(base).scheme.startswith("http"):
+        raise FlowmillError("'base_url' must be an http:// or https:// URL")
+    url = urljoin(base.rstrip("/") + "/", str(settings.get("test_path") or "").lstrip("/"))
+    shown = _shown_url(url)
+    try:
+        response = client.session.get(
+            url, headers=client.auth_headers, timeout=timeout, allow_redirects=True, stream=True
+        )
+        response.close()
+    except requests.RequestException as exc:
+        raise FlowmillError(client.mask(f"GET {shown}: {type(exc).__name__}")) from None
+    finally:
+        client.session.close()
+    status = response.status_code
+    if status in (401, 403):
+        raise FlowmillError(f"GET {shown}: HTTP {status}: the credentials were refused")
+    if status >= 500:
+        raise FlowmillError(f"GET {shown}: HTTP {status}: the server has a problem")
+    checked = "credentials accepted" if status < 400 else "reachable (credentials not checked)"
+    return f"GET {shown}: HTTP {status}, {checked}"
+
+
+def _looks_like_http(settings: dict[str, Any]) -> bool:
+    return "preset" not in settings and str(settings.get("base_url") or "").startswith("http")
+
+
+CONNECTION_TYPES = (
+    ConnectionType(
+        kind="http",
+        title="REST API",
+        test=try_http_connection,
+        description="Settings: base_url, auth (none | basic | bearer | api_key) with user and "
+        "password, token, or api_key and api_key_header; headers (optional); test_path "
+        "(optional, what the connection test GETs below base_url).",
+        detect=_looks_like_http,
+    ),
+)

@@ -12,16 +12,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.pool import NullPool
 
-from engine.errors import NodeError
+from engine.errors import FlowmillError, NodeError
 from engine.spec import (
     DEFAULT_BATCH_SIZE,
     Batch,
+    ConnectionType,
     Inputs,
     NodeSpec,
     Outputs,
@@ -29,7 +31,7 @@ from engine.spec import (
     Stream,
 )
 
-__all__ = ["NODES", "SQL_EXECUTE", "SQL_READ", "SQL_WRITE"]
+__all__ = ["CONNECTION_TYPES", "NODES", "SQL_EXECUTE", "SQL_READ", "SQL_WRITE"]
 
 # How many key values one "which keys exist already?" query may carry; far below the
 # bound-parameter limits of SQLite (32766), PostgreSQL (65535) and MariaDB.
@@ -208,13 +210,15 @@ def _resolve_url(ctx: RunContext, config: Mapping[str, Any]) -> sa.URL:
     if bool(url) == bool(name):
         raise _fail(ctx, "set exactly one of 'url' and 'connection'")
     source = "url"
+    settings: Mapping[str, Any] = {}
     if name:
-        url = ctx.connection(name).get("url")
+        settings = ctx.connection(name)
+        url = settings.get("url")
         source = f"connection {name!r}"
         if not url:
             raise _fail(ctx, f"connection {name!r} has no 'url'")
     try:
-        return sa.make_url(url)
+        return _with_credentials(sa.make_url(url), settings)
     except sa.exc.ArgumentError:
         # the parse error repeats the whole string, password included: leave it out
         raise _fail(
@@ -222,6 +226,16 @@ def _resolve_url(ctx: RunContext, config: Mapping[str, Any]) -> sa.URL:
             f"{source} is not a SQLAlchemy URL (e.g. sqlite:///data.db or "
             "postgresql+psycopg://user@host/db)",
         ) from None
+
+
+def _with_credentials(url: sa.URL, settings: Mapping[str, Any]) -> sa.URL:
+    """A connection may keep ``user`` and ``password`` apart from its URL (so the URL can
+    be shown); they fill in what the URL leaves out."""
+    if settings.get("user") and not url.username:
+        url = url.set(username=str(settings["user"]))
+    if settings.get("password") and url.password is None:
+        url = url.set(password=str(settings["password"]))
+    return url
 
 
 def _safe(url: sa.URL) -> str:
@@ -784,3 +798,57 @@ SQL_EXECUTE = NodeSpec(
 )
 
 NODES = (SQL_READ, SQL_WRITE, SQL_EXECUTE)
+
+
+# -- connection type ------------------------------------------------------------------
+_SQL_BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")
+
+
+def _looks_like_sql(settings: dict[str, Any]) -> bool:
+    url = str(settings.get("url") or "")
+    return url.split(":", 1)[0].split("+", 1)[0] in _SQL_BACKENDS
+
+
+def try_sql_connection(settings: dict[str, Any], timeout: float) -> str:
+    """``flowmill connection test`` for a database: connect, ``SELECT 1``, name the server.
+
+    Raises:
+        FlowmillError: naming the URL without its password.
+    """
+    try:
+        url = _with_credentials(sa.make_url(str(settings.get("url") or "")), settings)
+    except sa.exc.ArgumentError:
+        raise FlowmillError("'url' is not a SQLAlchemy URL") from None
+    backend = url.get_backend_name()
+    args: dict[str, Any] = {}
+    if backend == "postgresql":
+        args = {"connect_timeout": max(1, int(timeout))}
+    elif backend in ("mysql", "mariadb"):
+        args = {"connect_timeout": max(1, int(timeout)), "read_timeout": max(1, int(timeout))}
+    elif backend == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:" and not Path(database).exists():
+            raise FlowmillError(f"{_safe(url)}: the database file does not exist")
+    engine = sa.create_engine(url, poolclass=NullPool, connect_args=args)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            version = ".".join(str(p) for p in (conn.dialect.server_version_info or ()))
+    except Exception as exc:
+        raise FlowmillError(f"cannot connect to {_safe(url)}: {_db_message(exc)}") from None
+    finally:
+        engine.dispose()
+    return f"{_safe(url)}: {backend} {version}".rstrip()
+
+
+CONNECTION_TYPES = (
+    ConnectionType(
+        kind="sql",
+        title="SQL database",
+        test=try_sql_connection,
+        description="Settings: url, a SQLAlchemy URL such as postgresql+psycopg://user@host/db, "
+        "mysql+pymysql://… or sqlite:///file.db; password (and user) may be kept apart from "
+        "the URL (flowmill connection add NAME --url … --secret password).",
+        detect=_looks_like_sql,
+    ),
+)

@@ -38,6 +38,7 @@ SCHEDULE_WRITES = [
 ]
 CONNECTION_WRITES = [
     ("POST", "/api/connections", CONNECTION),
+    ("POST", "/api/connections/erp/test", None),
     ("DELETE", "/api/connections/erp", None),
 ]
 READS = ["/api/schedules", "/api/calendars", "/api/conditions", "/api/connections"]
@@ -306,7 +307,7 @@ def test_connections_are_write_only(as_role: Any, service: Flowmill):
         {"name": "erp", "settings": {"url": f"postgresql+psycopg://erp:{password}@db/erp"}},
     )
     assert created.status_code == 201
-    assert created.json == {"name": "erp", "settings": ["url"], "error": None}
+    assert created.json == {"name": "erp", "type": "sql", "settings": ["url"], "error": None}
     assert password not in created.get_data(as_text=True)
 
     # a form changes one setting without seeing (or retyping) the password
@@ -329,7 +330,7 @@ def test_connections_are_write_only(as_role: Any, service: Flowmill):
 
     viewer = as_role("viewer")
     assert viewer.get("/api/connections").json == [
-        {"name": "erp", "settings": ["dsn"], "error": None}
+        {"name": "erp", "type": None, "settings": ["dsn"], "error": None}
     ]
     wrong_type = admin.send("POST", "/api/connections", {"name": "erp", "settings": password})
     assert wrong_type.status_code == 400 and password not in wrong_type.get_data(as_text=True)
@@ -503,7 +504,12 @@ def test_a_connection_that_cannot_be_decrypted_is_listed_with_the_reason(
     listed = as_role("viewer").get("/api/connections")
     assert listed.status_code == 200
     assert listed.json == [
-        {"name": "erp", "settings": [], "error": "connection 'erp' was encrypted with another key"}
+        {
+            "name": "erp",
+            "type": None,
+            "settings": [],
+            "error": "connection 'erp' was encrypted with another key",
+        }
     ]
 
 
@@ -543,3 +549,19 @@ def test_values_no_database_can_store_are_refused_not_crashed_on(as_role: Any, f
     assert nul.status_code == 400 and "NUL" in nul.json["error"]
     login = as_role(None).send("POST", "/api/login", 8.1e-11)  # a number, not an object
     assert login.status_code == 400
+
+
+def test_a_connection_can_be_tested_from_the_api(
+    as_role: Any, service: Flowmill, tmp_path: Path
+) -> None:
+    admin = as_role("admin")
+    db = tmp_path / "erp.db"
+    db.write_bytes(b"")
+    service.set_connection("erp", {"url": f"sqlite:///{db}"})
+    ok = admin.send("POST", "/api/connections/erp/test")
+    assert ok.status_code == 200 and ok.json["ok"] is True and ok.json["type"] == "sql"
+    service.set_connection("pg", {"url": "postgresql+psycopg://nobody:Pw-77@127.0.0.1:1/x"})
+    down = admin.send("POST", "/api/connections/pg/test")
+    assert down.status_code == 200 and down.json["ok"] is False
+    assert "cannot connect to" in down.json["error"] and "Pw-77" not in down.get_data(as_text=True)
+    assert admin.send("POST", "/api/connections/none/test").status_code == 404

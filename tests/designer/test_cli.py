@@ -241,8 +241,8 @@ def test_connection_is_stored_encrypted_and_used_by_name(data_dir: Path, tmp_pat
     con.commit()
     con.close()
     url = f"sqlite:///{db}"
-    assert flowmill("connection", "set", "erp", "--url", url, data_dir=data_dir).returncode == 0
-    assert flowmill("connection", "list", data_dir=data_dir).stdout.split() == ["erp"]
+    assert flowmill("connection", "add", "erp", "--url", url, data_dir=data_dir).returncode == 0
+    assert flowmill("connection", "list", data_dir=data_dir).stdout.split() == ["erp", "sql", "url"]
     assert str(db).encode() not in store_bytes(data_dir)  # encrypted at rest
 
     out = tmp_path / "prices.jsonl"
@@ -283,7 +283,7 @@ def test_secret_and_connection_names_with_control_characters_are_refused(data_di
         secret = flowmill("secret", "set", name, data_dir=data_dir, stdin="s3cr3t\n")
         assert secret.returncode == 2, (name, secret.stderr)
         assert "secret name" in secret.stderr and "not allowed" in secret.stderr
-        conn = flowmill("connection", "set", name, "--url", "sqlite://", data_dir=data_dir)
+        conn = flowmill("connection", "add", name, "--url", "sqlite://", data_dir=data_dir)
         assert conn.returncode == 2, (name, conn.stderr)
         assert "connection name" in conn.stderr and "not allowed" in conn.stderr
     assert flowmill("secret", "list", data_dir=data_dir).stdout == ""
@@ -364,3 +364,42 @@ def test_ctrl_c_cancels_the_run_between_batches(data_dir: Path, tmp_path: Path):
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 1
     assert "cancelled" in out and "run cancelled" in err
+
+
+def test_connection_test_reaches_the_server_and_never_shows_the_password(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "erp.db"
+    sqlite3.connect(db).close()
+    added = flowmill("connection", "add", "erp", "--url", f"sqlite:///{db}", data_dir=data_dir)
+    assert added.returncode == 0 and "connection erp added (sql" in added.stdout
+    ok = flowmill("connection", "test", "erp", data_dir=data_dir)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: connection erp (sql): sqlite:///")
+    # MariaDB's root has no password here: a wrong one is refused
+    wrong = flowmill(
+        "connection",
+        "add",
+        "mariadb",
+        "--option",
+        "url=mysql+pymysql://root@127.0.0.1:3306/test",
+        "--secret",
+        "password",
+        data_dir=data_dir,
+        stdin="Geheim-42\n",
+    )
+    assert wrong.returncode == 0, wrong.stderr
+    listed = flowmill("connection", "list", data_dir=data_dir)
+    assert "mariadb" in listed.stdout and "password" in listed.stdout
+    assert "Geheim-42" not in listed.stdout
+    refused = flowmill("connection", "test", "mariadb", "--timeout", "5", data_dir=data_dir)
+    assert refused.returncode == 1
+    assert "failed: connection mariadb (sql): cannot connect to" in refused.stderr
+    assert "Access denied" in refused.stderr and "Geheim-42" not in refused.stderr
+    flowmill("connection", "add", "odd", "--option", "host=example", data_dir=data_dir)
+    unknown = flowmill("connection", "test", "odd", data_dir=data_dir)
+    assert unknown.returncode == 1 and "cannot tell its type" in unknown.stderr
+    assert "sql" in flowmill("connection", "types", data_dir=data_dir).stdout
+    bad_type = flowmill("connection", "add", "x", "--type", "ftp", "--url", "a", data_dir=data_dir)
+    assert bad_type.returncode == 2 and "--type ftp: not one of" in bad_type.stderr
+    assert flowmill("connection", "remove", "odd", data_dir=data_dir).returncode == 0
+    assert flowmill("connection", "remove", "odd", data_dir=data_dir).returncode == 1

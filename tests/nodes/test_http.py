@@ -437,3 +437,19 @@ def test_a_refused_request_is_not_retried_by_the_node_but_a_5xx_is(
         down = app.run_flow(flow("/down", "bearer"))
         node = down.nodes["call"]
         assert down.state == "failed" and node.attempts == 3 and hits["/down"] == 3
+
+
+def test_the_http_connection_type_checks_credentials(server: tuple[str, Counter[str]]) -> None:
+    from engine.errors import FlowmillError
+    from nodes.http import try_http_connection
+
+    base, _ = server
+    good = connections(base)["basic"] | {"test_path": "/basic"}
+    assert try_http_connection(good, 5) == (f"GET {base}/basic: HTTP 200, credentials accepted")
+    with pytest.raises(FlowmillError, match="HTTP 401: the credentials were refused") as refused:
+        try_http_connection(connections(base)["wrong"] | {"test_path": "/basic"}, 5)
+    assert_no_secrets(refused.value)
+    reachable = try_http_connection({"base_url": base + "/nothing"}, 5)
+    assert reachable.endswith("HTTP 404, reachable (credentials not checked)")
+    with pytest.raises(FlowmillError, match="ConnectionError"):
+        try_http_connection({"base_url": "http://127.0.0.1:9"}, 2)
