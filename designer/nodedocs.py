@@ -46,7 +46,8 @@ def render_markdown(registry: Registry) -> str:
             spec.description,
             "",
             f"- category: {spec.category}, version {spec.version}"
-            + (", trigger" if spec.trigger else ""),
+            + (", trigger" if spec.trigger else "")
+            + (" (listened for by `flowmill serve`)" if spec.listen else ""),
             f"- inputs: {', '.join(f'`{p}`' for p in spec.inputs) or 'none'}"
             + (
                 f" (optional: {', '.join(p for p in spec.inputs if p not in spec.required)})"
@@ -65,4 +66,18 @@ def render_markdown(registry: Registry) -> str:
                 about = " — ".join(x for x in (prop.get("title"), prop.get("description")) if x)
                 lines.append(f"| {name} | {_type_of(prop)} | {default} | {_cell(about)} |")
             lines.append("")
+    kinds = registry.connection_types()
+    if kinds:
+        lines += [
+            "# Connection types",
+            "",
+            "Nodes name a stored connection (`flowmill connection add NAME …`); "
+            "`flowmill connection test NAME` reaches the server and logs in. A connection's "
+            "kind is its `type` setting, or recognised from its settings.",
+            "",
+            "| type | what | settings |",
+            "|---|---|---|",
+        ]
+        for kind in kinds:
+            lines.append(f"| `{kind.kind}` | {_cell(kind.title)} | {_cell(kind.description)} |")
     return "\n".join(lines).rstrip() + "\n"
