@@ -46,7 +46,7 @@ def drop_node(page: Page, node_type: str, x: int, y: int) -> str:
     )
     after = page.eval_on_selector_all(".drawflow-node", "els => els.map(e => e.dataset.nodeId)")
     (new,) = set(after) - before
-    assert re.fullmatch(rf"{node_type.split('.')[-1]}-[0-9a-f]{{4}}", new), new
+    assert re.fullmatch(rf"{node_type.split('.')[-1].replace('_', '-')}-[0-9a-f]{{4}}", new), new
     return new
 
 
