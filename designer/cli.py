@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from designer import cli_connections, cli_jobs, cli_users
+from designer import cli_connections, cli_demo, cli_jobs, cli_users
 from designer.cli_args import pairs
 from designer.nodedocs import render_markdown
 from engine.errors import FlowFormatError, FlowmillError
@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_connections.add_parsers(sub)
     cli_jobs.add_parsers(sub)
     cli_users.add_parsers(sub)
+    cli_demo.add_parsers(sub)
     return parser
 
 
@@ -240,6 +241,7 @@ COMMANDS = {
     "secret": cmd_secret,
     **cli_jobs.COMMANDS,
     **cli_users.COMMANDS,
+    **cli_demo.COMMANDS,
 }
 
 

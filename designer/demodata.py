@@ -1,27 +1,39 @@
 """The demo world behind the samples: a small ERP database, an ERP export folder and the
 connections the sample flows name.
 
-``create_demo(data_dir, articles=N)`` (``flowmill demo init``) builds, under
+``create_demo(data_dir, articles_count=N)`` (``flowmill demo init``) builds, under
 ``DATA/demo/``:
 
-- ``erp.db`` (or any SQLAlchemy URL): ``articles``, ``customers``, ``orders`` with
-  ``order_lines``, ``sales``, ``bookings`` (accounting) and ``accounts``;
+- ``erp.db`` (or any SQLAlchemy URL: SQLite, PostgreSQL, MariaDB): ``articles``,
+  ``customers``, ``orders`` with ``order_lines``, ``sales`` (empty: the sales samples
+  import the export into it), ``bookings`` (accounting, empty) and ``accounts``;
 - ``mirror.db``: an empty copy of ``customers`` for the db-sync sample;
 - ``erp-export/``: the ERP's sales export as ``;``-separated cp1252 text
   (``umsatz.csv``) and as fixed-width ASCII (``umsatz.txt``), one day of sales each;
 - ``invoices/``: an invoice CSV as the accounting partner would upload it;
-- the connections ``erp``, ``mirror``, ``shop`` (the stand-in shop of ``flowmill demo
-  shop``) and ``mail`` (an SMTP server on localhost:8025), unless they exist.
+- the connections ``erp`` and ``mirror`` (always pointed at the databases just built) and
+  ``shop`` (the stand-in shop of ``flowmill demo shop``, WooCommerce API), ``shop-api``
+  (its generic JSON API), ``mail`` (an SMTP server on localhost:8025) and ``mongo``
+  (a MongoDB on localhost:27017), which are created only when missing.
 
-Everything is made from a fixed random seed, so two runs give the same data. Articles
-are written in chunks, so ``--articles 1000000`` needs bounded memory.
+The table, column, file and connection names are a contract the samples build on: add
+nullable columns at most, never rename or remove.
+
+Everything is made from a fixed random seed, one random stream per table, so two runs
+give the same rows (only ``updated_at``, the time of the run, and the dates relative to
+``today`` differ) and the article count does not change the customers or orders. Rows
+are generated lazily and written in chunks of ``CHUNK`` in their own transactions, so
+``--articles 1000000`` needs bounded memory (about the same peak as 10,000). On SQLite
+the bulk load runs with ``synchronous=OFF``; the demo's own ``erp.db`` stays in WAL mode
+afterwards (so a flow can stream ``articles`` while it writes prices back), a database
+given by URL gets its previous journal mode back.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -31,11 +43,13 @@ import sqlalchemy as sa
 
 __all__ = [
     "DEMO_SHOP",
+    "DEMO_TABLES",
     "EXPORT_COLUMNS",
     "FIXED_WIDTHS",
     "DemoSummary",
     "create_demo",
     "demo_dir",
+    "existing_demo",
     "metadata",
 ]
 
@@ -154,7 +168,9 @@ DEMO_SHOP = {
     "preset": "woocommerce",
     "user": "ck_demo_flowmill",
     "password": "cs_demo_flowmill",
+    "api_token": "demo-token-flowmill",  # the stand-in's generic JSON API (/api/items)
 }
+DEMO_MONGO_URL = "mongodb://127.0.0.1:27017/flowmill"
 
 STORES = ["Filiale München", "Filiale Nürnberg", "Filiale Augsburg", "Onlineshop"]
 GROUPS = ["Schrauben", "Dübel", "Werkzeug", "Elektro", "Garten", "Farben"]
@@ -176,6 +192,9 @@ CHUNK = 10_000
 SEED = 4711
 
 
+DEMO_TABLES = tuple(table.name for table in metadata.sorted_tables)
+
+
 def demo_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "demo"
 
@@ -191,51 +210,100 @@ class DemoSummary:
     orders: int
     export_files: list[Path]
     invoice_file: Path
-    connections: list[str]
+    connections: list[str]  # written by this run (erp and mirror always, others if new)
+    kept_connections: list[str] = field(default_factory=list)  # existed, left as they were
+    order_lines: int = 0
 
 
-def _article(rng: random.Random, number: int, now: datetime) -> dict[str, Any]:
+def _rng(part: str) -> random.Random:
+    """One random stream per table, so one table's size never changes another's rows."""
+    return random.Random(f"{SEED}:{part}")
+
+
+def _money(cents: int) -> Decimal:
+    return Decimal(cents).scaleb(-2)
+
+
+def _article_name(number: int) -> tuple[str, str]:
+    """(group, name) of article ``number``: a function of the number alone, so the
+    export files name articles exactly as the ERP does."""
     group = GROUPS[number % len(GROUPS)]
-    name = rng.choice(NOUNS[group]).format(n=1 + number % 9)
-    cost = Decimal(rng.randint(5, 20_000)) / 100
-    return {
-        "sku": f"A{number:07d}",
-        "name": name,
-        "group_name": group,
-        "cost": cost,
-        "price": (cost * Decimal("1.45")).quantize(Decimal("0.01")),
-        "stock": rng.randint(0, 500),
-        "shop_id": 1000 + number,
-        "updated_at": now,
-    }
+    pattern = NOUNS[group][number // len(GROUPS) % len(NOUNS[group])]
+    return group, pattern.format(n=1 + number % 9)
 
 
-def _customers(rng: random.Random, count: int, now: datetime) -> list[dict[str, Any]]:
-    out = []
+def _articles(count: int, now: datetime) -> Iterator[dict[str, Any]]:
+    randint = _rng("articles").randint
+    for number in range(1, count + 1):
+        group, name = _article_name(number)
+        cost = randint(5, 20_000)  # cents
+        yield {
+            "sku": f"A{number:07d}",
+            "name": name,
+            "group_name": group,
+            "cost": _money(cost),
+            "price": _money((cost * 145 + 50) // 100),  # 45 % on cost, rounded half up
+            "stock": randint(0, 500),
+            "shop_id": 1000 + number,
+            "updated_at": now,
+        }
+
+
+def _customer_name(number: int) -> str:
+    family = FIRST[(number - 1) % len(FIRST)]
+    kind = KINDS[(number - 1) // len(FIRST) % len(KINDS)]
+    return f"{family} {kind}"
+
+
+def _customers(count: int, now: datetime) -> Iterator[dict[str, Any]]:
+    rng = _rng("customers")
     for number in range(1, count + 1):
         family = FIRST[(number - 1) % len(FIRST)]
-        kind = KINDS[(number - 1) // len(FIRST) % len(KINDS)]
         zip_code, city = CITIES[number % len(CITIES)]
         slug = family.lower().replace("ü", "ue").replace("ö", "oe").replace("ä", "ae")
-        out.append(
+        yield {
+            "id": number,
+            "name": _customer_name(number),
+            "email": f"einkauf{number}@{slug}.example",
+            "street": f"{rng.choice(['Haupt', 'Bahnhof', 'Garten', 'Schul'])}straße {number}",
+            "zip": zip_code,
+            "city": city,
+            "country": "DE",
+            "phone": f"+49 89 {rng.randint(100000, 999999)}",
+            "credit_limit": Decimal(rng.choice([5000, 10000, 25000])),
+            "updated_at": now,
+        }
+
+
+def _orders(
+    count: int, customers_count: int, articles_count: int, today: date, now: datetime
+) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each order with its lines."""
+    rng = _rng("orders")
+    for number in range(1, count + 1):
+        order_id = 10_000 + number
+        order = {
+            "id": order_id,
+            "customer_id": 1 + (number * 7) % customers_count,
+            "ordered_on": today - timedelta(days=rng.randint(0, 30)),
+            "state": STATES[number % len(STATES)],
+            "updated_at": now,
+        }
+        lines = [
             {
-                "id": number,
-                "name": f"{family} {kind}",
-                "email": f"einkauf{number}@{slug}.example",
-                "street": f"{rng.choice(['Haupt', 'Bahnhof', 'Garten', 'Schul'])}straße {number}",
-                "zip": zip_code,
-                "city": city,
-                "country": "DE",
-                "phone": f"+49 89 {rng.randint(100000, 999999)}",
-                "credit_limit": Decimal(rng.choice([5000, 10000, 25000])),
-                "updated_at": now,
+                "order_id": order_id,
+                "line_no": line,
+                "sku": f"A{rng.randint(1, articles_count):07d}",
+                "qty": rng.randint(1, 20),
+                "price": _money(rng.randint(50, 9_999)),
             }
-        )
-    return out
+            for line in range(1, rng.randint(1, 4) + 1)
+        ]
+        yield order, lines
 
 
-def _chunks(rows: Iterator[dict[str, Any]], size: int = CHUNK) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
+def _chunks(rows: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
     for row in rows:
         chunk.append(row)
         if len(chunk) == size:
@@ -245,10 +313,116 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int = CHUNK) -> Iterator[list[
         yield chunk
 
 
-def _fresh(engine: sa.Engine) -> None:
-    """Drop the demo tables (children first) and create them again."""
-    metadata.drop_all(engine)
-    metadata.create_all(engine)
+def _safe_url(url: str) -> str:
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for other databases and in-memory SQLite."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _demo_tables_in(url: str) -> list[str]:
+    """The demo tables that exist in the database at ``url`` (without creating a file)."""
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        return []
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            names = set(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+    return [name for name in DEMO_TABLES if name in names]
+
+
+def existing_demo(data_dir: Path, erp_url: str | None = None, service: Any = None) -> list[str]:
+    """What ``create_demo`` would drop or repoint, one sentence each; empty if nothing.
+
+    Looks without changing anything: the default ``DATA/demo/erp.db``, the demo tables in
+    ``erp_url``, and (with ``service``) ``erp``/``mirror`` connections that point at
+    other databases.
+    """
+    folder = demo_dir(data_dir).resolve()
+    found = []
+    if erp_url is None:
+        db = folder / "erp.db"
+        if db.exists():
+            found.append(f"{db} exists")
+    else:
+        tables = _demo_tables_in(erp_url)
+        if tables:
+            found.append(f"{_safe_url(erp_url)} has the demo tables {', '.join(tables)}")
+    if service is not None:
+        target = erp_url or f"sqlite:///{folder / 'erp.db'}"
+        names = set(service.list_connections())
+        for name, url in (("erp", target), ("mirror", f"sqlite:///{folder / 'mirror.db'}")):
+            current = service.store.get_connection(name).get("url") if name in names else None
+            if current is not None and current != url:
+                found.append(f"connection {name} points at {_safe_url(str(current))}")
+    return found
+
+
+def _remove_sqlite(path: Path) -> None:
+    """Delete a SQLite file of our own with its journal files (faster than DROP TABLE)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def _insert(conn: sa.Connection, table: sa.Table, rows: Iterable[dict[str, Any]]) -> int:
+    """Insert in chunks, one transaction each: memory and journal stay bounded."""
+    total = 0
+    for chunk in _chunks(rows):
+        conn.execute(table.insert(), chunk)
+        conn.commit()
+        total += len(chunk)
+    return total
+
+
+def _fill_erp(conn: sa.Connection, counts: tuple[int, int, int], today: date, now: datetime) -> int:
+    """Drop and create the demo tables, then fill them; the number of order lines."""
+    articles_count, customers_count, orders_count = counts
+    metadata.drop_all(conn)
+    metadata.create_all(conn)
+    conn.commit()
+    _insert(conn, accounts, ({"number": n, "name": t} for n, t in ACCOUNTS))
+    _insert(conn, articles, _articles(articles_count, now))
+    _insert(conn, customers, _customers(customers_count, now))
+    line_count = 0
+    for chunk in _chunks(_orders(orders_count, customers_count, articles_count, today, now)):
+        lines = [line for _, order_lines_ in chunk for line in order_lines_]
+        conn.execute(orders.insert(), [order for order, _ in chunk])
+        if lines:
+            conn.execute(order_lines.insert(), lines)
+        conn.commit()
+        line_count += len(lines)
+    return line_count
+
+
+def _build_erp(
+    url: str, counts: tuple[int, int, int], today: date, now: datetime, own_file: bool
+) -> int:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name != "sqlite":
+                return _fill_erp(conn, counts, today, now)
+            previous = "wal" if own_file else conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            # bulk load: no fsync per chunk; a crash mid-way leaves a demo to rebuild anyway
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            conn.exec_driver_sql("PRAGMA synchronous=OFF")
+            try:
+                return _fill_erp(conn, counts, today, now)
+            finally:
+                conn.rollback()
+                conn.exec_driver_sql("PRAGMA synchronous=FULL")
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.exec_driver_sql(f"PRAGMA journal_mode={previous}")
+    finally:
+        engine.dispose()
 
 
 def create_demo(
@@ -261,101 +435,74 @@ def create_demo(
     service: Any = None,
     today: date | None = None,
 ) -> DemoSummary:
-    """Build (again) the demo ERP, its export files and the demo connections."""
+    """Build (again) the demo ERP, its export files and the demo connections.
+
+    Drops the demo tables (or, for the default ``DATA/demo/erp.db``, the file) first: ask
+    ``existing_demo`` beforehand to refuse instead.
+
+    Raises:
+        ValueError: a count out of range.
+    """
     if articles_count < 1:
         raise ValueError("--articles must be at least 1")
-    folder = demo_dir(data_dir)
+    if customers_count < 1:
+        raise ValueError("--customers must be at least 1")
+    if orders_count < 0:
+        raise ValueError("--orders must not be negative")
+    folder = demo_dir(data_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    own_file = erp_url is None
     erp_url = erp_url or f"sqlite:///{folder / 'erp.db'}"
     mirror_url = f"sqlite:///{folder / 'mirror.db'}"
-    rng = random.Random(SEED)
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     today = today or now.date()
-    engine = sa.create_engine(erp_url)
-    try:
-        _fresh(engine)
-        with engine.begin() as conn:
-            conn.execute(accounts.insert(), [{"number": n, "name": t} for n, t in ACCOUNTS])
-        for chunk in _chunks(_article(rng, n, now) for n in range(1, articles_count + 1)):
-            with engine.begin() as conn:
-                conn.execute(articles.insert(), chunk)
-        people = _customers(rng, customers_count, now)
-        with engine.begin() as conn:
-            conn.execute(customers.insert(), people)
-        order_rows, line_rows = _orders(rng, orders_count, people, articles_count, today, now)
-        with engine.begin() as conn:
-            conn.execute(orders.insert(), order_rows)
-            conn.execute(order_lines.insert(), line_rows)
-    finally:
-        engine.dispose()
-    mirror = sa.create_engine(mirror_url)
+    if own_file:
+        _remove_sqlite(folder / "erp.db")
+    counts = (articles_count, customers_count, orders_count)
+    line_count = _build_erp(erp_url, counts, today, now, own_file)
+    _remove_sqlite(folder / "mirror.db")
+    mirror = sa.create_engine(mirror_url, poolclass=sa.pool.NullPool)
     try:
         mirror_meta = sa.MetaData()
         customers.to_metadata(mirror_meta)
-        mirror_meta.drop_all(mirror)
         mirror_meta.create_all(mirror)
     finally:
         mirror.dispose()
-    exports = _write_exports(folder / "erp-export", rng, people, articles_count, today)
+    exports = _write_exports(folder / "erp-export", customers_count, articles_count, today)
     invoice = _write_invoice(folder / "invoices", today)
-    made = _connections(service, erp_url, mirror_url) if service is not None else []
+    made, kept = _connections(service, erp_url, mirror_url) if service is not None else ([], [])
     return DemoSummary(
-        erp_url, mirror_url, articles_count, customers_count, orders_count, exports, invoice, made
+        erp_url,
+        mirror_url,
+        articles_count,
+        customers_count,
+        orders_count,
+        exports,
+        invoice,
+        made,
+        kept,
+        line_count,
     )
 
 
-def _orders(
-    rng: random.Random,
-    count: int,
-    people: list[dict[str, Any]],
-    articles_count: int,
-    today: date,
-    now: datetime,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    order_rows, line_rows = [], []
-    for number in range(1, count + 1):
-        order_id = 10_000 + number
-        order_rows.append(
-            {
-                "id": order_id,
-                "customer_id": people[(number * 7) % len(people)]["id"],
-                "ordered_on": today - timedelta(days=rng.randint(0, 30)),
-                "state": STATES[number % len(STATES)],
-                "updated_at": now,
-            }
-        )
-        for line in range(1, rng.randint(1, 4) + 1):
-            sku = f"A{rng.randint(1, articles_count):07d}"
-            line_rows.append(
-                {
-                    "order_id": order_id,
-                    "line_no": line,
-                    "sku": sku,
-                    "qty": rng.randint(1, 20),
-                    "price": Decimal(rng.randint(50, 9_999)) / 100,
-                }
-            )
-    return order_rows, line_rows
-
-
 def _sales_lines(
-    rng: random.Random, people: list[dict[str, Any]], articles_count: int, day: date, count: int
+    customers_count: int, articles_count: int, day: date, count: int
 ) -> list[dict[str, Any]]:
+    rng = _rng("export")
     lines = []
     receipt = int(day.strftime("%y%m%d")) * 100
     for number in range(count):
         article = rng.randint(1, min(articles_count, 50))
-        group = GROUPS[article % len(GROUPS)]
         lines.append(
             {
                 "Belegnr": receipt + number // 2,
                 "Pos": 1 + number % 2,
                 "Belegdatum": day,
-                "Kunde": people[number % len(people)]["name"],
+                "Kunde": _customer_name(1 + number % customers_count),
                 "Artikelnummer": f"A{article:07d}",
-                "Bezeichnung": NOUNS[group][0].format(n=1 + article % 9),
+                "Bezeichnung": _article_name(article)[1],
                 "Menge": rng.randint(1, 40),
-                "Einzelpreis": Decimal(rng.randint(8, 4999)) / 100,
+                "Einzelpreis": _money(rng.randint(8, 4999)),
                 "Status": rng.choice(["geliefert", "geliefert", "offen", "storniert"]),
             }
         )
@@ -363,11 +510,11 @@ def _sales_lines(
 
 
 def _write_exports(
-    folder: Path, rng: random.Random, people: list[dict[str, Any]], articles_count: int, day: date
+    folder: Path, customers_count: int, articles_count: int, day: date
 ) -> list[Path]:
     """One day's sales as ';' CSV (cp1252) and as fixed-width ASCII, plus two bad lines."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = _sales_lines(rng, people, articles_count, day, 24)
+    lines = _sales_lines(customers_count, articles_count, day, 24)
     csv_path = folder / "umsatz.csv"
     rows = [";".join(EXPORT_COLUMNS)]
     for line in lines:
@@ -429,8 +576,13 @@ def _write_invoice(folder: Path, day: date) -> Path:
     return path
 
 
-def _connections(service: Any, erp_url: str, mirror_url: str) -> list[str]:
-    """The connections the samples name; existing ones are left as they are."""
+def _connections(service: Any, erp_url: str, mirror_url: str) -> tuple[list[str], list[str]]:
+    """The connections the samples name: (written, kept).
+
+    ``erp`` and ``mirror`` always point at the databases just built (a flow naming them
+    must see the demo); ``shop`` and ``mail`` are made only when missing, since a user may
+    have pointed them at a real shop or mail server.
+    """
     wanted = {
         "erp": {"type": "sql", "url": erp_url},
         "mirror": {"type": "sql", "url": mirror_url},
@@ -442,6 +594,13 @@ def _connections(service: Any, erp_url: str, mirror_url: str) -> list[str]:
             "user": DEMO_SHOP["user"],
             "password": DEMO_SHOP["password"],
         },
+        "shop-api": {
+            "type": "shop",
+            "preset": "generic",
+            "base_url": f"http://{DEMO_SHOP['host']}:{DEMO_SHOP['port']}",
+            "auth": "bearer",
+            "token": DEMO_SHOP["api_token"],
+        },
         "mail": {
             "type": "smtp",
             "host": "127.0.0.1",
@@ -449,11 +608,14 @@ def _connections(service: Any, erp_url: str, mirror_url: str) -> list[str]:
             "security": "none",
             "from": "Flowmill Demo <flowmill@demo.example>",
         },
+        "mongo": {"type": "mongo", "url": DEMO_MONGO_URL},
     }
     existing = set(service.list_connections())
-    made = []
+    made, kept = [], []
     for name, settings in wanted.items():
-        if name not in existing:
+        if name in existing and name not in ("erp", "mirror"):
+            kept.append(name)
+        else:
             service.set_connection(name, settings)
             made.append(name)
-    return made
+    return made, kept

@@ -138,7 +138,18 @@ def _coercing(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
 _add = _coercing(operator.add)
 _sub = _coercing(operator.sub)
 _truediv = _coercing(operator.truediv)
-_floordiv = _coercing(operator.floordiv)
+_floordiv_any = _coercing(operator.floordiv)
+
+
+def _floordiv(a: Any, b: Any) -> Any:
+    """``//`` floors for every number type: Python's Decimal ``//`` truncates toward zero
+    (``Decimal('-11.35') // 1`` is -11), which is not what the docs promise."""
+    result = _floordiv_any(a, b)
+    if isinstance(result, Decimal) and result.is_finite():
+        remainder = _coercing(operator.sub)(a, _mul(result, b))
+        if remainder and (remainder < 0) != (b < 0):
+            result -= 1
+    return result
 
 
 def _mul(a: Any, b: Any) -> Any:
@@ -1276,7 +1287,8 @@ class _Emitter:
             helper = self.global_name("o", _explain_binop(symbol, func, self.where(node)))
             return ast.Call(func=helper, args=[left, right], keywords=[])
         native = self.native and (
-            isinstance(node.op, (ast.Add, ast.Sub, ast.Div, ast.FloorDiv))
+            # not //: Decimal's truncates toward zero, _floordiv floors like float's
+            isinstance(node.op, (ast.Add, ast.Sub, ast.Div))
             # float * anything cannot repeat a sequence: it multiplies or raises TypeError
             or (
                 isinstance(node.op, ast.Mult)

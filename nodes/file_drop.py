@@ -4,11 +4,13 @@ The node only declares *which* files; the file-drop dispatcher of ``flowmill ser
 (servers/dispatch.py) matches each completed upload (FTPS, WebDAV) or closed file in a
 watched local folder against the enabled flows' nodes and queues one job per match. In
 the run, the node outputs one record: ``{path, name, size, user, source, received_at,
-sha256}``. Run by hand, give the param ``path`` (a file on the server) instead.
+sha256}``. Run by hand, give the param ``path`` (a file on the server, or a glob pattern
+that matches exactly one file) instead.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -99,9 +101,7 @@ def file_drop(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Output
                 "declare a param 'path' and give the file",
                 ctx.node_type,
             )
-        path = Path(str(given))
-        if not path.is_file():
-            raise NodeError(ctx.node_id, f"param path: {path} is not a file", ctx.node_type)
+        path = _one_file(ctx, Path(str(given)))
         digest = hashlib.sha256()
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -116,6 +116,25 @@ def file_drop(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Output
             "sha256": digest.hexdigest(),
         }
     return {"out": iter([[dict(record)]])}
+
+
+def _one_file(ctx: RunContext, path: Path) -> Path:
+    """The file named by the param ``path``; a glob pattern must match exactly one file
+    (so a default such as ``invoices/rechnung-*.csv`` needs no date in it)."""
+    if path.is_file() or not glob.has_magic(str(path)):
+        if not path.is_file():
+            raise NodeError(ctx.node_id, f"param path: {path} is not a file", ctx.node_type)
+        return path
+    found = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+    if len(found) != 1:
+        listed = ", ".join(p.name for p in found[:5]) or "none"
+        raise NodeError(
+            ctx.node_id,
+            f"param path: {path} must match exactly one file, matches {len(found)} "
+            f"({listed}): give the file itself",
+            ctx.node_type,
+        )
+    return found[0]
 
 
 FILE_DROP = NodeSpec(

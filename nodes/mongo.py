@@ -580,8 +580,19 @@ def _config_json(ctx: RunContext, config: Mapping[str, Any], name: str, kind: ty
 
 
 def mongo_find(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
-    """Stream the matching documents as JSON-safe records, one cursor batch at a time."""
-    return {"out": _find_stream(ctx, config)}
+    """Stream the matching documents as JSON-safe records, one cursor batch at a time:
+    once, or with 'in' connected once per incoming record, after it arrived."""
+    stream = inputs.get("in")
+    if stream is None:
+        return {"out": _find_stream(ctx, config)}
+
+    def after_each() -> Iterator[Batch]:
+        # e.g. after mongo.write's summary record: the find sees what was written
+        for batch in stream:
+            for _ in batch:
+                yield from _find_stream(ctx, config)
+
+    return {"out": after_each()}
 
 
 def _find_stream(ctx: RunContext, config: Mapping[str, Any]) -> Iterator[Batch]:
@@ -934,7 +945,10 @@ MONGO_FIND = NodeSpec(
     category="mongo",
     description="Finds documents in a collection (filter, projection, sort, limit) and "
     "streams them as records, batch by batch through a server cursor. _id and other "
-    "ObjectIds become text, dates ISO 8601 text (UTC).",
+    "ObjectIds become text, dates ISO 8601 text (UTC). With 'in' connected the find runs "
+    "once per incoming record, after it arrived (e.g. after mongo.write's summary).",
+    inputs=("in",),
+    required_inputs=(),
     outputs=("out",),
     config_schema=FIND_SCHEMA,
     check=check_find,

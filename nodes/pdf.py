@@ -11,6 +11,11 @@ decimal and thousands separators (``1.234,56``). Templates (title, header values
 insert fields of the first record with ``{field}`` or ``{field:spec}``; run params come in
 earlier through ``${name}``.
 
+``group_by`` makes one document per group of consecutive records (one report per
+customer): a document is finished and written when the next group starts, so the input
+must be sorted by the group fields; a group that comes back later is an error rather than
+a silently overwritten file.
+
 Fonts: fpdf2's core fonts (Helvetica, Times, Courier) only hold latin-1, so umlauts work but
 € and typographic quotes do not. The default font is therefore DejaVu Sans from Debian's
 fonts-dejavu-core package when it is installed (Unicode, nothing downloaded or bundled);
@@ -239,8 +244,22 @@ PDF_SCHEMA: dict[str, Any] = {
             "title": "Overwrite",
             "description": "Replace an existing file. Off: the node fails if the file exists.",
         },
+        "group_by": {
+            "type": "array",
+            "default": [],
+            "items": {"type": "string", "minLength": 1},
+            "title": "One document per",
+            "description": "Fields whose values make a group, e.g. ['customer_id']: one PDF "
+            "per group instead of one for all records. Records must arrive sorted by these "
+            "fields (transform.sort or ORDER BY). Path, title and header fields are filled "
+            "from each group's first record, so the path must tell groups apart; 'out' gets "
+            "one file record per document with the group's fields added. Empty: one PDF.",
+        },
     },
 }
+
+# the fields of a finished document's record ('out'); group fields may not shadow them
+FILE_FIELDS = ("path", "name", "size", "pages", "rows", "sha256")
 
 _DEFAULTS = {k: p["default"] for k, p in PDF_SCHEMA["properties"].items() if "default" in p}
 
@@ -425,6 +444,15 @@ def check_render(config: Mapping[str, Any]) -> list[ConfigProblem]:
         problems.append(
             ConfigProblem("font", f"{font!r}: use helvetica, times, courier or a .ttf file")
         )
+    for name in cfg["group_by"] or []:
+        if name in FILE_FIELDS:
+            problems.append(
+                ConfigProblem(
+                    "group_by",
+                    f"{name!r} is also a field of the output file record "
+                    f"({', '.join(FILE_FIELDS)}): rename it first (transform.select)",
+                )
+            )
     if cfg["page_size"] not in PAGE_SIZES:
         problems.append(ConfigProblem("page_size", f"must be one of {', '.join(PAGE_SIZES)}"))
     if cfg["orientation"] not in ("portrait", "landscape"):
@@ -591,83 +619,167 @@ def render_pdf(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outpu
 
 
 def _render(ctx: RunContext, cfg: Mapping[str, Any], stream: Stream) -> Iterator[Batch]:
-    """All the work happens while the executor drains 'out'."""
+    """All the work happens while the executor drains 'out'.
+
+    Without group_by every record goes into one document (made even when none came in);
+    with it, a document is finished when the next group starts, so one page set is in
+    memory at a time.
+    """
     logo = _check_logo(ctx, str(cfg["logo"] or ""))
-    pdf = _Document(
-        orientation="L" if cfg["orientation"] == "landscape" else "P",
-        unit="mm",
-        format=cfg["page_size"] if cfg["page_size"] != "letter" else "Letter",
-    )
-    family = _setup_font(ctx, pdf, str(cfg["font"] or ""))
-    pdf.page_label = str(cfg["page_label"] or "")
-    pdf.set_margins(15, 15, 15)
-    pdf.set_auto_page_break(False, margin=18)
-    pdf.set_title(str(cfg["title"] or ""))
-    columns = _columns(cfg, pdf.epw)
-    report = _Report(pdf, family, float(cfg["font_size"]), columns)
-    formats = [(c.field, c.format) for c in columns]
-    totals: dict[str, Decimal] = {name: Decimal(0) for name in cfg["totals"] or []}
-
-    batches = iter(stream)
-    first_batch = next(batches, [])
-    first = first_batch[0] if first_batch else {}
-    try:
-        path_text = _fill(Template.parse(cfg["path"]), first, "path")
-        title = _fill(Template.parse(str(cfg["title"] or "")), first, "title")
-        header = [
-            (
-                str(h.get("label") or ""),
-                _fill(Template.parse(str(h.get("value") or "")), first, f"header_fields.{i}.value"),
-            )
-            for i, h in enumerate(cfg["header_fields"] or [])
-        ]
-    except _MissingField as exc:
-        raise _error(ctx, str(exc)) from None
-    final = Path(os.path.abspath(ctx.resolve_path(path_text)))
-    if final.is_dir():
-        raise _error(ctx, f"path: {final} is a folder")
-    if not cfg["overwrite"] and os.path.lexists(final):
-        raise _error(ctx, f"path: {final} already exists and overwrite is off")
-
-    pdf.add_page()
-    _draw_top(pdf, family, float(cfg["font_size"]), title, header, logo, float(cfg["logo_height"]))
-    report.heading()
+    group_by = list(cfg["group_by"] or [])
+    doc: _Pdf | None = None
+    key: Any = None
+    seen: set[Any] = set()
+    paths: set[Path] = set()
     rows = 0
-    for batch in _chain_first(first_batch, batches):
+    for batch in stream:
         ctx.check_cancelled()
+        done: Batch = []
         for record in batch:
-            try:
-                cells = [fmt(record.get(field)) for field, fmt in formats]
-                amounts = [(name, _amount(record.get(name))) for name in totals]
-            except (ValueError, TypeError, ArithmeticError) as exc:
-                ctx.reject(record, _bad_value(record, formats, totals, exc))
-                continue
-            for name, amount in amounts:
-                totals[name] += amount
-            report.row(cells)
-            rows += 1
+            if group_by:
+                values = {name: record.get(name) for name in group_by}
+                group = _group_key(values)
+                if doc is None or group != key:
+                    if doc is not None:
+                        done.append(doc.finish())
+                    if group in seen:
+                        raise _error(
+                            ctx,
+                            f"group_by: the group {values} came again after other groups; "
+                            f"sort the records by {', '.join(group_by)} first",
+                        )
+                    seen.add(group)
+                    key = group
+                    doc = _Pdf(ctx, cfg, logo, record, values, paths)
+            elif doc is None:
+                doc = _Pdf(ctx, cfg, logo, record, {}, paths)
+            if doc.add(record):
+                rows += 1
         ctx.progress(len(batch))
-        ctx.status(f"{rows} rows, {pdf.page_no()} pages")
-    if totals:
-        by_field = dict(formats)
-        cells = [by_field[c.field](totals[c.field]) if c.field in totals else "" for c in columns]
-        if columns[0].field not in totals:
-            cells[0] = str(cfg["totals_label"] or "")
-        report.row(cells, bold=True)
-    pages = pdf.page_no()
-    data = bytes(pdf.output())
-    _write_atomic(ctx, final, data, bool(cfg["overwrite"]))
+        ctx.status(f"{rows} rows, {len(seen) or 1} documents")
+        if done:
+            yield done
+    if doc is None and not group_by:
+        doc = _Pdf(ctx, cfg, logo, {}, {}, paths)
     ctx.status("")
-    yield [
-        {
+    if doc is not None:
+        yield [doc.finish()]
+
+
+def _group_key(values: Mapping[str, Any]) -> Any:
+    key = tuple(values.values())
+    try:
+        hash(key)
+    except TypeError:  # a list or dict value: compare by its text
+        return repr(key)
+    return key
+
+
+class _Pdf:
+    """One document being drawn: opened with its first record, finished into a file."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        cfg: Mapping[str, Any],
+        logo: Path | None,
+        first: Mapping[str, Any],
+        group: Mapping[str, Any],
+        taken: set[Path],
+    ) -> None:
+        self.ctx = ctx
+        self.cfg = cfg
+        self.group = dict(group)
+        pdf = _Document(
+            orientation="L" if cfg["orientation"] == "landscape" else "P",
+            unit="mm",
+            format=cfg["page_size"] if cfg["page_size"] != "letter" else "Letter",
+        )
+        family = _setup_font(ctx, pdf, str(cfg["font"] or ""))
+        pdf.page_label = str(cfg["page_label"] or "")
+        pdf.set_margins(15, 15, 15)
+        pdf.set_auto_page_break(False, margin=18)
+        self.columns = _columns(cfg, pdf.epw)
+        self.report = _Report(pdf, family, float(cfg["font_size"]), self.columns)
+        self.formats = [(c.field, c.format) for c in self.columns]
+        self.totals: dict[str, Decimal] = {name: Decimal(0) for name in cfg["totals"] or []}
+        self.pdf = pdf
+        self.rows = 0
+        try:
+            path_text = _fill(Template.parse(cfg["path"]), first, "path")
+            title = _fill(Template.parse(str(cfg["title"] or "")), first, "title")
+            header = [
+                (
+                    str(h.get("label") or ""),
+                    _fill(
+                        Template.parse(str(h.get("value") or "")),
+                        first,
+                        f"header_fields.{i}.value",
+                    ),
+                )
+                for i, h in enumerate(cfg["header_fields"] or [])
+            ]
+        except _MissingField as exc:
+            raise _error(ctx, str(exc)) from None
+        pdf.set_title(title)
+        final = Path(os.path.abspath(ctx.resolve_path(path_text)))
+        if final.is_dir():
+            raise _error(ctx, f"path: {final} is a folder")
+        if not cfg["overwrite"] and os.path.lexists(final):
+            raise _error(ctx, f"path: {final} already exists and overwrite is off")
+        if final in taken:
+            # two groups, one file: the second would silently replace the first
+            raise _error(
+                ctx,
+                f"path: {final} is already the document of another group; put a group "
+                "field into the path, e.g. '{" + next(iter(group), "field") + "}'",
+            )
+        taken.add(final)
+        self.final = final
+        pdf.add_page()
+        _draw_top(
+            pdf, family, float(cfg["font_size"]), title, header, logo, float(cfg["logo_height"])
+        )
+        self.report.heading()
+
+    def add(self, record: Mapping[str, Any]) -> bool:
+        """Draw one record as a table row; False when it was rejected."""
+        try:
+            cells = [fmt(record.get(field)) for field, fmt in self.formats]
+            amounts = [(name, _amount(record.get(name))) for name in self.totals]
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            self.ctx.reject(record, _bad_value(record, self.formats, self.totals, exc))
+            return False
+        for name, amount in amounts:
+            self.totals[name] += amount
+        self.report.row(cells)
+        self.rows += 1
+        return True
+
+    def finish(self) -> dict[str, Any]:
+        """Totals row, then the file (written atomically); its record for 'out'."""
+        totals, columns = self.totals, self.columns
+        if totals:
+            by_field = dict(self.formats)
+            cells = [
+                by_field[c.field](totals[c.field]) if c.field in totals else "" for c in columns
+            ]
+            if columns[0].field not in totals:
+                cells[0] = str(self.cfg["totals_label"] or "")
+            self.report.row(cells, bold=True)
+        pages = self.pdf.page_no()
+        data = bytes(self.pdf.output())
+        final = self.final
+        _write_atomic(self.ctx, final, data, bool(self.cfg["overwrite"]))
+        return {
+            **self.group,
             "path": str(final),
             "name": final.name,
             "size": len(data),
             "pages": pages,
-            "rows": rows,
+            "rows": self.rows,
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-    ]
 
 
 class _MissingField(LookupError):
@@ -683,12 +795,6 @@ def _fill(template: Template, record: Mapping[str, Any], where: str) -> str:
         return template.render(record)
     except (ValueError, TypeError) as exc:
         raise _MissingField(f"{where}: {exc}") from None
-
-
-def _chain_first(first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:
-    if first:
-        yield first
-    yield from rest
 
 
 def _amount(value: Any) -> Decimal:
@@ -740,7 +846,7 @@ def _draw_top(
         pdf.set_font(family, "B", size * 2)
         pdf.cell(0, size * 1.0, pdf.clean(title), new_x="LMARGIN", new_y="NEXT")
         pdf.ln(2)
-    pdf.set_font(family, "", size + 1)
+    pdf.set_font(family, "B", size + 1)  # labels are drawn bold: measure them bold
     label_w = max((pdf.get_string_width(pdf.clean(label)) for label, _ in header), default=0) + 4
     for label, value in header:
         pdf.set_font(family, "B", size + 1)
@@ -791,7 +897,8 @@ PDF_RENDER = NodeSpec(
     category="file",
     description="Draw the incoming records as a table in a PDF report: title, logo, header "
     "fields, formatted columns, totals and page numbers ('Seite 1 von 3'). When 'in' has "
-    "ended, 'out' gets one record {path, name, size, pages, rows, sha256}. A record whose "
+    "ended, 'out' gets one record {path, name, size, pages, rows, sha256}; with 'One "
+    "document per' (group_by), one PDF and one such record per group. A record whose "
     "value does not fit its column's format is a bad record (see 'On error').",
     inputs=("in",),
     outputs=("out",),

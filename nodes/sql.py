@@ -432,6 +432,15 @@ class _Writer:
         self.ignore_extra = config.get("extra_fields") == "ignore"
         self.dialect = conn.dialect.name
         self.plans: dict[frozenset[str], _Plan] = {}
+        # SQLite keeps dates and timestamps as text and sql.read hands that text on, but
+        # SQLAlchemy's SQLite types take only date objects: read ISO text back into them
+        self.iso_columns: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            for column in table.c:
+                if isinstance(column.type, sa.DateTime):
+                    self.iso_columns[column.name] = datetime.fromisoformat
+                elif isinstance(column.type, sa.Date):
+                    self.iso_columns[column.name] = date.fromisoformat
         self.inserted = 0
         self.updated = 0
         if self.mode in ("upsert", "update"):
@@ -505,6 +514,8 @@ class _Writer:
         plan = self.plans.get(fields)
         if plan is None:
             plan = self.plans[fields] = self._plan(fields)
+        if self.iso_columns:
+            rows = self._parse_iso(fields, rows)
         if self.mode == "insert":
             self.conn.execute(plan.statement, rows)
             self.inserted += len(rows)
@@ -519,6 +530,25 @@ class _Writer:
             new = distinct - existing
             self.inserted += new
             self.updated += len(rows) - new
+
+    def _parse_iso(self, fields: frozenset[str], rows: Batch) -> Batch:
+        """``rows`` with ISO text in SQLite date/timestamp columns turned into dates."""
+        parsers = [(f, p) for f, p in self.iso_columns.items() if f in fields]
+        if not parsers or not any(isinstance(r[f], str) for r in rows for f, _ in parsers):
+            return rows
+        out = []
+        for row in rows:
+            row = dict(row)
+            for name, parse in parsers:
+                if isinstance(row[name], str):
+                    try:
+                        row[name] = parse(row[name])
+                    except ValueError:
+                        raise ValueError(
+                            f"column {name}: {row[name]!r} is not an ISO date or timestamp"
+                        ) from None
+            out.append(row)
+        return out
 
     def _existing_keys(self, plan: _Plan, rows: Batch) -> tuple[int, int]:
         """(keys of ``rows`` already in the table, distinct keys in ``rows``)."""

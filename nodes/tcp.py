@@ -403,6 +403,9 @@ class _Settings:
 def check_tcp(config: dict[str, Any]) -> list[ConfigProblem]:
     """Problems a saved ``trigger.tcp`` config would have when the server listens."""
     problems = []
+    # a "${param}" value is only known at listen time (the param's value is checked then)
+    config = {k: v for k, v in config.items() if not (isinstance(v, str) and "${" in v)}
+    config.setdefault("port", 1024)
     port = config.get("port")
     if isinstance(port, int) and port < 1024:
         problems.append(

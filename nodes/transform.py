@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from graphlib import CycleError, TopologicalSorter
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.errors import ExpressionError
 from engine.expressions import check_expression, compile_expression, compile_map
@@ -38,6 +38,18 @@ MAP_SCHEMA: dict[str, Any] = {
             "additionalProperties": {"type": "string", "format": "expression", "maxLength": 10000},
             "default": {},
         },
+        "objects": {
+            "type": "object",
+            "title": "Nested fields",
+            "description": "Field name → a JSON object or list whose text values are "
+            "expressions (other values stay as written), for nested records such as MongoDB "
+            'documents. Example: {"address": {"city": "city", "zip": "zip"}, "contacts": '
+            '[{"kind": "\'email\'", "value": "email"}]}. Computed after \'fields\', '
+            "so they may use fields computed there.",
+            # no "type" on the values: the editor shows and parses them as JSON
+            "additionalProperties": {"anyOf": [{"type": "object"}, {"type": "array"}]},
+            "default": {},
+        },
         "keep": {
             "type": "boolean",
             "default": True,
@@ -64,6 +76,56 @@ def evaluation_order(fields: dict[str, set[str]]) -> list[str]:
     return list(TopologicalSorter(graph).static_order())
 
 
+class _Leaf(NamedTuple):
+    """Where a nested field's expression result goes: the temporary field ``name``."""
+
+    name: str
+
+
+def _object_leaves(name: str, template: Any) -> list[tuple[str, str]]:
+    """``(temporary field, expression)`` for every text value inside a nested field;
+    the temporary field is the value's path, e.g. ``contacts/0/value``."""
+    out: list[tuple[str, str]] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, str):
+            out.append((path, value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}/{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}/{i}")
+
+    walk(template, name)
+    return out
+
+
+def _object_shape(name: str, template: Any) -> Any:
+    """The template with each text value replaced by the ``_Leaf`` that fills it."""
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, str):
+            return _Leaf(path)
+        if isinstance(value, dict):
+            return {key: walk(item, f"{path}/{key}") for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item, f"{path}/{i}") for i, item in enumerate(value)]
+        return value
+
+    return walk(template, name)
+
+
+def _fill(shape: Any, record: dict[str, Any]) -> Any:
+    if isinstance(shape, _Leaf):
+        return record.pop(shape.name)
+    if isinstance(shape, dict):
+        return {key: _fill(item, record) for key, item in shape.items()}
+    if isinstance(shape, list):
+        return [_fill(item, record) for item in shape]
+    return shape
+
+
 def check_map(config: dict[str, Any]) -> list[ConfigProblem]:
     problems = []
     reads: dict[str, set[str]] = {}
@@ -73,6 +135,14 @@ def check_map(config: dict[str, Any]) -> list[ConfigProblem]:
             reads[name] = set(compile_expression(text).fields)
         except ExpressionError as exc:
             problems.append(_problem(f"fields.{name}", exc))
+    for name, template in (config.get("objects") or {}).items():
+        if name in config.get("fields", {}):
+            problems.append(ConfigProblem(f"objects.{name}", f"{name!r} is in 'fields' too"))
+        for path, text in _object_leaves(name, template):
+            try:
+                check_expression(text)
+            except ExpressionError as exc:
+                problems.append(_problem(f"objects.{path.replace('/', '.')}", exc))
     if not problems:
         try:
             evaluation_order(reads)
@@ -90,13 +160,21 @@ def map_fields(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outpu
         for name, text in fields.items()
     }
     order = evaluation_order(reads)
-    mapper = compile_map(
-        [(name, fields[name]) for name in order], params=ctx.params, keep=config["keep"]
-    )
+    assignments = [(name, fields[name]) for name in order]
+    # nested fields: each text value is computed into a temporary field (named by its
+    # path, so an error names it), then the temporaries are folded into the object
+    objects = config.get("objects") or {}
+    shapes = [(name, _object_shape(name, template)) for name, template in objects.items()]
+    for name, template in objects.items():
+        assignments.extend(_object_leaves(name, template))
+    mapper = compile_map(assignments, params=ctx.params, keep=config["keep"])
 
     def stream() -> Iterator[Batch]:
         for batch in inputs["in"]:
             out = mapper.map_batch(batch, ctx.reject)
+            for record in out if shapes else ():
+                for name, shape in shapes:
+                    record[name] = _fill(shape, record)
             ctx.progress(len(batch))
             yield out
 
@@ -107,8 +185,9 @@ MAP = NodeSpec(
     type="transform.map",
     title="Map fields",
     category="transform",
-    description="Computes fields from expressions (e.g. price * markup, upper(name)). "
-    "Run params can be used by name.",
+    description="Computes fields from expressions (e.g. price * markup, upper(name)), "
+    "and nested objects and lists whose values are expressions. Run params can be used by "
+    "name.",
     inputs=("in",),
     outputs=("out",),
     config_schema=MAP_SCHEMA,

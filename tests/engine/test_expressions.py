@@ -466,3 +466,21 @@ def test_function_arity_is_checked_before_running() -> None:
 
 def test_function_names_are_only_functions_when_called() -> None:
     assert evaluate("upper + 1", {"upper": 1}) == 2
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "floored"),
+    [
+        (Decimal("-11.35"), 1, Decimal("-12")),
+        (Decimal("11.35"), 1, Decimal("11")),
+        (Decimal("-12"), 1, Decimal("-12")),
+        (Decimal("11.35"), -2, Decimal("-6")),
+        (Decimal("-11.35"), -2, Decimal("5")),
+        (-11.35, 1, -12.0),
+        (-7, 2, -4),
+    ],
+)
+def test_floor_division_floors_decimals_like_floats(x: Any, y: int, floored: Any) -> None:
+    """Python's Decimal ``//`` truncates toward zero; the expression language floors."""
+    assert evaluate("x // y", {"x": x, "y": y}) == floored
+    assert evaluate(f"x // {y}", {"x": x}) == floored

@@ -531,3 +531,25 @@ def test_an_inserted_document_starts_one_job_and_a_restart_resumes(app: Flowmill
         assert TriggerStateStore(app.store).get("on-order", "change") != state
     finally:
         host.stop()
+
+
+def test_find_with_in_connected_runs_once_per_record_after_it_arrived(
+    db: Any, docs: dict[str, Any]
+) -> None:
+    # in a flow: mongo.write's summary record arrives once the documents are written
+    def written() -> Iterator[dict[str, Any]]:
+        db.customers.insert_many([dict(c) for c in CUSTOMERS])
+        yield {"inserted": len(CUSTOMERS)}
+        db.customers.delete_many({"name": "Zeller AG"})
+        yield {"deleted": 1}
+
+    config = {
+        "connection": "docs",
+        "collection": "customers",
+        "filter": {"city": "München"},
+        "sort": [{"field": "name"}],
+    }
+    out = run_node(MONGO_FIND, config, {"in": written()}, connections=docs, batch_size=1)["out"]
+
+    assert [r["name"] for r in out] == ["Müller GmbH", "Zeller AG", "Müller GmbH"]
+    assert run_node(MONGO_FIND, config, {"in": []}, connections=docs)["out"] == []

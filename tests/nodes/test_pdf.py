@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 from datetime import date
@@ -177,3 +178,51 @@ def test_path_field_missing_from_the_records_is_named(tmp_path: Path):
 def test_totals_must_be_columns():
     config = {"path": "x.pdf", "columns": [{"field": "a"}], "totals": ["b"]}
     assert [p.field for p in check_render(config)] == ["totals"]
+
+
+@needs_poppler
+def test_group_by_makes_one_document_per_customer_with_its_own_rows_and_total(tmp_path: Path):
+    records = sorted(_records(9), key=lambda r: r["kunde"])
+    config = _config(
+        tmp_path,
+        path=str(tmp_path / "out" / "bericht-{kunde}.pdf"),
+        title="Offene Posten {kunde}",
+        header_fields=[{"label": "Kunde", "value": "{kunde}"}],
+        group_by=["kunde"],
+        logo="",
+    )
+    result = run_node(PDF_RENDER, config, {"in": records}, batch_size=4)
+
+    outs = result["out"]
+    assert [o["kunde"] for o in outs] == sorted(set(NAMES))
+    for out in outs:
+        mine = [r for r in records if r["kunde"] == out["kunde"]]
+        assert out["name"] == f"bericht-{out['kunde']}.pdf" and out["rows"] == len(mine)
+        text = _text(Path(out["path"]))
+        assert f"Offene Posten {out['kunde']}" in text
+        assert sorted(int(n) for n in re.findall(r"^\s*(1\d{3})\s", text, re.M)) == sorted(
+            r["nr"] for r in mine
+        )
+        total = f"{sum(r['betrag'] for r in mine):,.2f}".translate(str.maketrans(".,", ",."))
+        summe = next(line for line in text.splitlines() if line.strip().startswith("Summe"))
+        assert f"{total} €" in summe
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(o["name"] for o in outs)
+
+
+def test_group_by_fails_when_a_group_comes_again_or_two_groups_share_a_path(tmp_path: Path):
+    records = _records(5)  # kunde: A B C D A, not sorted
+    config = _config(tmp_path, path=str(tmp_path / "g-{kunde}.pdf"), group_by=["kunde"], logo="")
+    with pytest.raises(NodeError, match=r"group_by: the group .*Müller GmbH.* sort the records"):
+        run_node(PDF_RENDER, config, {"in": records})
+    config = _config(tmp_path, path=str(tmp_path / "alle.pdf"), group_by=["kunde"], logo="")
+    with pytest.raises(NodeError, match=r"alle\.pdf is already the document of another group"):
+        run_node(PDF_RENDER, config, {"in": records[:2]})
+
+
+def test_group_by_without_records_makes_no_document_and_may_not_shadow_file_fields(
+    tmp_path: Path,
+):
+    config = _config(tmp_path, group_by=["region"], logo="")
+    assert run_node(PDF_RENDER, config, {"in": []})["out"] == []
+    assert not (tmp_path / "out").exists()
+    assert [p.field for p in check_render({**config, "group_by": ["name"]})] == ["group_by"]

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -555,3 +556,40 @@ def test_upsert_and_update_need_a_key(db_url: str, engine: sa.Engine) -> None:
             {"in": [item(1)]},
         )
     assert "key column 'sku' does not exist" in str(failure.value)
+
+
+def test_sqlite_to_sqlite_copy_takes_the_timestamps_sql_read_gives_as_text(
+    tmp_path: Path,
+) -> None:
+    # SQLite keeps DATE/DATETIME as text and a text query returns that text unchanged
+    source, target = (f"sqlite:///{tmp_path / n}" for n in ("source.db", "target.db"))
+    meta = sa.MetaData()
+    t = sa.Table(
+        "events",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("at", sa.DateTime, nullable=False),
+        sa.Column("day", sa.Date, nullable=True),
+    )
+    rows = [
+        {"id": 1, "at": datetime(2026, 3, 29, 1, 59, 59, 250), "day": date(2026, 3, 29)},
+        {"id": 2, "at": datetime(2026, 3, 29, 3, 0), "day": None},
+    ]
+    engines = [sa.create_engine(u) for u in (source, target)]
+    for engine in engines:
+        meta.create_all(engine)
+    with engines[0].begin() as conn:
+        conn.execute(t.insert(), rows)
+
+    read = run_node(SQL_READ, {"url": source, "query": "SELECT * FROM events ORDER BY id"})
+    assert isinstance(read["out"][0]["at"], str)
+    config = {"url": target, "table": "events", "mode": "upsert", "key": ["id"]}
+    written = run_node(SQL_WRITE, config, {"in": read["out"]})
+    with pytest.raises(NodeError, match="column at: 'yesterday' is not an ISO date or timestamp"):
+        run_node(SQL_WRITE, config, {"in": [{"id": 3, "at": "yesterday"}]})
+
+    assert written["out"] == [{"table": "events", "inserted": 2, "updated": 0}]
+    with engines[1].connect() as conn:
+        assert [dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.id))] == rows
+    for engine in engines:
+        engine.dispose()

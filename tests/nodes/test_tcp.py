@@ -411,3 +411,26 @@ def test_escapes_in_delimiters_and_replies() -> None:
     assert json.dumps(unescape_text("a\\\\b")) == json.dumps("a\\b")
     with pytest.raises(ValueError, match="unknown escape"):
         unescape("\\x3")
+
+
+def test_port_and_host_may_come_from_params(app: Flowmill) -> None:
+    """``"port": "${port}"`` validates (the static check skips it) and the server listens on it."""
+    assert check_tcp({"port": "${port}", "host": "${host}", "parse": "text"}) == []
+    port = free_port()
+    flow = _flow({"port": "${port}", "host": "${host}", "ack": "line"})
+    flow["params"] = {
+        "port": {"type": "integer", "default": port},
+        "host": {"type": "string", "default": "127.0.0.1"},
+    }
+    assert app.validate(flow) == []
+    app.save_flow(flow)
+    host = ListenerHost(app)
+    try:
+        host.refresh()
+        ctx = host.context(FLOW_ID, NODE_ID)
+        assert ctx is not None and ctx.ready.wait(10), ctx and ctx.last_error
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"hello\n")
+            assert read_lines(sock, 1) == ["ACK"]
+    finally:
+        host.stop()

@@ -138,3 +138,38 @@ def test_delay_wakes_up_when_cancelled(tmp_path):
     with pytest.raises(RunCancelled):
         list(stream)
     assert time.monotonic() - began < 2
+
+
+def test_map_builds_nested_objects_and_lists_from_expressions():
+    config = {
+        "fields": {"id": "int(nr)", "name": "trim(name)"},
+        "objects": {
+            "address": {"city": "upper(city)", "geo": {"country": "'DE'"}, "zip": "zip"},
+            "contacts": [{"kind": "'email'", "value": "lower(mail)"}, {"kind": "'x'", "n": 2}],
+            "tags": ["name", "concat('id-', id)"],
+        },
+        "keep": False,
+    }
+    rows = [{"nr": "7", "name": " Weber KG ", "city": "Passau", "zip": "94032", "mail": "A@B.DE"}]
+
+    (record,) = run_node(MAP, config, {"in": rows})["out"]
+
+    assert record == {
+        "id": 7,
+        "name": "Weber KG",
+        "address": {"city": "PASSAU", "geo": {"country": "DE"}, "zip": "94032"},
+        "contacts": [{"kind": "email", "value": "a@b.de"}, {"kind": "x", "n": 2}],
+        "tags": ["Weber KG", "id-7"],
+    }
+    # keep: the incoming fields stay, no temporary path field is left behind
+    kept = run_node(MAP, {**config, "keep": True}, {"in": rows})["out"][0]
+    assert set(kept) == set(rows[0]) | set(record)
+
+
+def test_map_nested_object_errors_name_the_path():
+    config = {"fields": {"n": "1"}, "objects": {"address": {"city": "upper(ctiy)"}}}
+    result = run_node(MAP, {**config, "on_error": "route"}, {"in": [{"city": "x"}]})
+    assert result["out"] == []
+    assert "field 'address/city': unknown field 'ctiy'" in result["error"][0]["_error"]
+    problems = check_map({"fields": {"a": "1"}, "objects": {"a": ["x"], "b": {"c": "x.y"}}})
+    assert [p.field for p in problems] == ["objects.a", "objects.b.c"]

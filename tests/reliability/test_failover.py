@@ -153,7 +153,7 @@ def test_two_servers_on_one_database_run_every_job_exactly_once(cluster: Cluster
     b = cluster.serve("b")
     cluster.wait_for(lambda: cluster.finished() == 300, seconds=120)
     jobs = [cluster.app.jobs.get(i) for i in ids]
-    assert {j.state for j in jobs} == {"succeeded"}
+    assert {j.state for j in jobs} == {"succeeded"}, [(j.id, j.error) for j in jobs if j.error][:3]
     assert {j.attempts for j in jobs} == {1}
     assert cluster.rows() == list(range(300))
     holder = cluster.holder_pid()
@@ -175,7 +175,7 @@ def test_standby_takes_over_within_the_lease_timeout_when_the_active_dies(cluste
     assert took < 3 + 2  # lease timeout plus one loop and some slack
     cluster.wait_for(lambda: cluster.finished() == 200, seconds=120)
     jobs = [cluster.app.jobs.get(i) for i in ids]
-    assert {j.state for j in jobs} == {"succeeded"}, {j.state for j in jobs}
+    assert {j.state for j in jobs} == {"succeeded"}, [(j.id, j.error) for j in jobs if j.error][:3]
     assert cluster.rows() == list(range(200))  # nothing ran twice (the key is unique)
     assert max(j.attempts for j in jobs) == 1
     status = cluster.app.status()

@@ -1,7 +1,10 @@
-"""The README's quick start: ``scripts/quickstart`` serves Flowmill with the samples loaded.
+"""The README's quick start: ``scripts/quickstart`` serves Flowmill with the demo data and
+the samples loaded.
 
 A new user runs the script, opens the printed address, logs in as ``admin`` with the
-printed password and runs the sample flow: that is exactly what this test does.
+printed password and runs the sample ``sales-import``: that is exactly what this test
+does (tests/e2e/test_first_run.py does the same in a browser). The scheduled samples show
+their next run times.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def test_quickstart_serves_the_samples_and_runs_one(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 180
         text = ""
-        while "imported flow csv-to-sql" not in text:
+        while "imported flow sales-import" not in text or "schedule flow:" not in text:
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.3)
@@ -60,8 +63,15 @@ def test_quickstart_serves_the_samples_and_runs_one(tmp_path: Path) -> None:
         )
         assert login.status_code == 200, login.text
         http.headers["X-CSRF-Token"] = login.json()["csrf_token"]
-        assert "csv-to-sql" in [f["id"] for f in http.get(f"{base}/api/flows").json()]
-        job = http.post(f"{base}/api/flows/csv-to-sql/run", json={}).json()
+        assert "demo built in" in text  # flowmill demo init ran first
+        flows = [f["id"] for f in http.get(f"{base}/api/flows").json()]
+        assert {"sales-import", "nightly-prices", "order-status-report"} <= set(flows)
+        schedules = {s["flow"]: s for s in http.get(f"{base}/api/schedules").json()}
+        assert schedules["nightly-prices"]["next_fires"], schedules  # next fire times shown
+        assert schedules["nightly-prices"]["next_fires"][0].endswith(
+            ("T02:00:00+01:00", "T02:00:00+02:00")
+        )
+        job = http.post(f"{base}/api/flows/sales-import/run", json={}).json()
         while True:
             state = http.get(f"{base}/api/jobs/{job['id']}").json()
             if state["state"] in {"succeeded", "failed"}:
@@ -69,9 +79,9 @@ def test_quickstart_serves_the_samples_and_runs_one(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, state
             time.sleep(0.2)
         assert state["state"] == "succeeded", state
-        with sqlite3.connect(data_dir / "demo-erp.db") as db:
+        with sqlite3.connect(data_dir / "demo" / "erp.db") as db:
             (rows,) = db.execute("SELECT count(*) FROM sales").fetchone()
-        assert rows > 0
+        assert rows == 24  # the demo export's good lines
         assert http.get(f"{base}/dashboard").status_code == 200
     finally:
         os.killpg(process.pid, signal.SIGTERM)

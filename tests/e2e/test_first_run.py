@@ -1,0 +1,101 @@
+"""A new user's first run, in a browser: ``scripts/quickstart`` (demo data, samples), log
+in with the printed password, see the scheduled samples on the dashboard, open
+``sales-import`` in the editor, press Run and see it succeed.
+
+The screenshots of this test are the ones in docs/getting-started.md (copied from
+build/screenshots/first-run-*.png).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def quickstart(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The README's quick start running; (its address, the admin password it printed)."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir), "FLOWMILL_WEB_PORT": str(port)}
+    env |= {"FLOWMILL_FTPS_PORT": "0", "FLOWMILL_WEBDAV_PORT": "0"}
+    env.pop("FLOWMILL_FLOWS_DIR", None)
+    log = tmp_path / "quickstart.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["bash", str(ROOT / "scripts" / "quickstart")],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        text = ""
+        while "imported flow sales-import" not in text or "web app: http" not in text:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+            text = log.read_text()
+        password = re.search(r"user 'admin' with password (\S+)", text)
+        assert password, text
+        yield f"http://127.0.0.1:{port}", password.group(1)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def test_a_new_user_runs_sales_import_within_a_minute(
+    quickstart: tuple[str, str], browser: Any, screenshots: Path
+) -> None:
+    url, password = quickstart
+    began = time.monotonic()
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{url}/")
+    page.fill("#login-name", "admin")
+    page.fill("#login-password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/dashboard")
+
+    # the scheduled samples with their next run times
+    page.click("#tab-schedules")
+    rows = page.locator("#schedules tbody tr")
+    expect(rows.filter(has_text="nightly-prices")).to_have_count(1, timeout=15_000)
+    expect(rows.filter(has_text="nightly-prices")).to_contain_text("02:00")
+    expect(rows.filter(has_text="order-status-report")).to_have_count(1)
+    page.screenshot(path=str(screenshots / "first-run-schedules.png"))
+
+    # open sales-import in the editor and run it with its defaults
+    page.goto(f"{url}/editor")
+    page.wait_for_selector('#flow-open option[value="sales-import"]', state="attached")
+    page.select_option("#flow-open", "sales-import")
+    expect(page.locator(".drawflow-node")).not_to_have_count(0)
+    expect(page.locator("#flow-id")).to_have_value("sales-import")
+    page.click("#btn-run")
+    expect(page.locator("#run-dialog")).to_be_visible()
+    page.click("#run-start")
+    expect(page.locator("#run-state")).to_have_attribute("data-state", "succeeded", timeout=30_000)
+    expect(page.locator(".drawflow-node.state-succeeded")).not_to_have_count(0)
+    page.screenshot(path=str(screenshots / "first-run-editor.png"))
+    assert time.monotonic() - began < 60
+
+    # the dashboard shows the job that ran
+    page.goto(f"{url}/dashboard")
+    job = page.locator("#jobs-table tr[data-job-id]").filter(has_text="sales-import")
+    expect(job.first).to_contain_text("succeeded", timeout=10_000)
+    page.screenshot(path=str(screenshots / "first-run-dashboard.png"))
+    assert errors == []
+    context.close()
