@@ -1,4 +1,4 @@
-"""Demo commands of ``flowmill``: ``demo init`` and ``demo shop``.
+"""Demo commands of ``flowmill``: ``demo init``, ``demo shop`` and ``demo mail``.
 
 ``demo init`` builds the demo world of ``designer.demodata`` (ERP database, export files,
 invoice, connections) in the data directory, or the ERP in any database given by
@@ -13,7 +13,11 @@ Python dicts and finds a SKU by scanning them (about 1 KB and a linear search pe
 product), which suits thousands of products, not the million of the nightly price job:
 so it loads the first ``--max-products`` articles by SKU (default 10,000; 0 loads all)
 and says on stderr how many it left out. Articles without ``shop_id`` are not in the
-shop. Ctrl-C or SIGTERM stop it cleanly (exit 0).
+shop. It also plays the weather service and webcam of the downloads sample
+(``/demo/forecast.json``, ``/demo/webcam.jpg``). Ctrl-C or SIGTERM stop it cleanly (exit 0).
+
+``demo mail`` is the SMTP server of the ``mail`` connection (127.0.0.1:8025): it keeps
+every mail as a file in ``DATA/demo/outbox`` (designer/demomail.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -80,6 +85,11 @@ def add_parsers(sub: Any) -> None:
         help=f"load at most this many ERP articles into the shop (default {MAX_PRODUCTS:,}; "
         "0: all, about 1 KB of memory each)",
     )
+    mail = demo_sub.add_parser(
+        "mail", help="run a local SMTP server that keeps every mail in DATA/demo/outbox"
+    )
+    mail.add_argument("--host", default="127.0.0.1", help="default %(default)s")
+    mail.add_argument("--port", type=int, default=8025, help="default %(default)s")
     for leaf in demo_sub.choices.values():
         leaf.add_argument("--data-dir", help="data directory (default: $FLOWMILL_DATA_DIR)")
 
@@ -237,8 +247,42 @@ def cmd_shop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mail(args: argparse.Namespace) -> int:
+    from designer.demomail import start_mail
+
+    with Flowmill.open(args.data_dir) as app:
+        outbox = demo_dir(app.settings.data_dir) / "outbox"
+    try:
+        server = start_mail(args.host, args.port, outbox, lambda text: print(text, flush=True))
+    except (OSError, RuntimeError) as exc:
+        print(
+            f"error: demo mail: cannot listen on {args.host}:{args.port}: {exc} "
+            "(choose another --port)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(
+        f"demo mail on smtp://{args.host}:{args.port}: every mail is kept in {outbox}; "
+        "Ctrl-C stops it",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop()
+    print("demo mail stopped", flush=True)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    return cmd_init(args) if args.action == "init" else cmd_shop(args)
+    commands = {"init": cmd_init, "shop": cmd_shop, "mail": cmd_mail}
+    return commands[args.action](args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"demo": cmd_demo}

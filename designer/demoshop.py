@@ -49,6 +49,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -1000,6 +1001,8 @@ def create_shop_app(shop: DemoShop | None = None) -> Flask:
         ("/admin/api/<version>/products.json", "POST", _shopify_create_product),
         ("/api/items", "GET", _generic_list),
         ("/api/items", "POST", _generic_push),
+        ("/demo/forecast.json", "GET", _demo_forecast),
+        ("/demo/webcam.jpg", "GET", _demo_webcam),
     )
     for rule, method, view in routes:
         app.add_url_rule(rule, f"{method} {rule}", view, methods=[method])
@@ -1010,6 +1013,43 @@ def create_shop_app(shop: DemoShop | None = None) -> Flask:
         methods=["PUT"],
     )
     return app
+
+
+# -- the other partners of the samples -----------------------------------------------------
+# The downloads sample fetches a weather forecast and a webcam still. So that it works
+# without the internet, the stand-in also plays those two partners (no login, as theirs).
+
+
+def _demo_forecast() -> Response:
+    """A three-day forecast for Munich in the shape weather services answer with."""
+    today = datetime.now(UTC).date()
+    days = [
+        {
+            "date": (today + timedelta(days=n)).isoformat(),
+            "min_c": 2 + n,
+            "max_c": 9 + 2 * n,
+            "rain_mm": [0.0, 1.5, 4.2][n],
+            "summary": ["sonnig", "wolkig", "Regen"][n],
+        }
+        for n in range(3)
+    ]
+    return _json(200, {"place": "München", "issued": datetime.now(UTC).isoformat(), "days": days})
+
+
+def _demo_webcam() -> Response:
+    """A still image of 320×180 pixels with the time on it, as JPEG."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (320, 180), (90, 140, 200))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 120, 320, 180), fill=(70, 120, 60))
+    stamp = f"Flowmill demo webcam {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    draw.text((10, 10), stamp, fill="white")
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return Response(buffer.getvalue(), mimetype="image/jpeg")
 
 
 @dataclass

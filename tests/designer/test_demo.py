@@ -327,3 +327,53 @@ def test_if_missing_builds_once_and_then_leaves_the_demo_alone(data_dir: Path) -
     again = flowmill("demo", "init", "--articles", "20", "--if-missing", data_dir=data_dir)
     assert again.returncode == 0 and "demo data: already there" in again.stdout
     assert erp.stat().st_mtime_ns == before
+
+
+def test_demo_mail_keeps_every_mail_in_the_outbox(data_dir: Path) -> None:
+    import smtplib
+    from email.message import EmailMessage
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir)}
+    process = subprocess.Popen(
+        [str(FLOWMILL), "demo", "mail", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                smtp = smtplib.SMTP("127.0.0.1", port, timeout=5)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        mail = EmailMessage()
+        mail["From"], mail["To"] = "flowmill@demo.example", "Müller GmbH <einkauf@mueller.example>"
+        mail["Subject"] = "Offene Aufträge"
+        mail.set_content("Guten Morgen")
+        with smtp:
+            smtp.send_message(mail)
+        outbox = data_dir / "demo" / "outbox"
+        (kept,) = list(outbox.glob("*.eml"))
+        assert b"Guten Morgen" in kept.read_bytes()
+        assert not list(outbox.glob(".*"))  # no half-written file left
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert "einkauf@mueller.example: Offene Aufträge" in output
+
+
+def test_the_demo_partner_serves_a_forecast_and_a_webcam_still() -> None:
+    from designer.demoshop import DemoShop, create_shop_app
+
+    http = create_shop_app(DemoShop()).test_client()
+    forecast = http.get("/demo/forecast.json")
+    assert forecast.status_code == 200 and forecast.mimetype == "application/json"
+    assert [day["summary"] for day in forecast.json["days"]] == ["sonnig", "wolkig", "Regen"]
+    still = http.get("/demo/webcam.jpg")
+    assert still.status_code == 200 and still.mimetype == "image/jpeg"
+    assert still.data[:3] == b"\xff\xd8\xff" and still.data[-2:] == b"\xff\xd9"

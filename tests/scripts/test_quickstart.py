@@ -71,14 +71,26 @@ def test_quickstart_serves_the_samples_and_runs_one(tmp_path: Path) -> None:
         assert schedules["nightly-prices"]["next_fires"][0].endswith(
             ("T02:00:00+01:00", "T02:00:00+02:00")
         )
-        job = http.post(f"{base}/api/flows/sales-import/run", json={}).json()
-        while True:
-            state = http.get(f"{base}/api/jobs/{job['id']}").json()
-            if state["state"] in {"succeeded", "failed"}:
-                break
-            assert time.monotonic() < deadline, state
-            time.sleep(0.2)
+
+        def run(flow: str) -> dict:
+            job = http.post(f"{base}/api/flows/{flow}/run", json={}).json()
+            while True:
+                state = http.get(f"{base}/api/jobs/{job['id']}").json()
+                if state["state"] in {"succeeded", "failed"}:
+                    return state
+                assert time.monotonic() < deadline, state
+                time.sleep(0.2)
+
+        state = run("sales-import")
         assert state["state"] == "succeeded", state
+        # the samples' partners run beside the server: the shop (also the weather service
+        # and webcam of the downloads sample) and the mail server that keeps every mail
+        for flow in ("downloads", "order-status-report", "nightly-prices"):
+            assert run(flow)["state"] == "succeeded", (flow, log.read_text()[-3000:])
+        downloads = sorted(p.suffix for p in (data_dir / "demo" / "downloads").iterdir())
+        assert downloads == [".jpg", ".json"]
+        outbox = list((data_dir / "demo" / "outbox").glob("*.eml"))
+        assert outbox and b"application/pdf" in outbox[0].read_bytes()
         with sqlite3.connect(data_dir / "demo" / "erp.db") as db:
             (rows,) = db.execute("SELECT count(*) FROM sales").fetchone()
         assert rows == 24  # the demo export's good lines
