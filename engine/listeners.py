@@ -32,6 +32,8 @@ import sqlalchemy as sa
 
 from engine.errors import FlowmillError
 from engine.params import TRIGGER_PARAM, param_defaults, substitute
+from engine.statusfile import read_status as read_status_file
+from engine.statusfile import status_path, write_status
 from engine.tables import trigger_state
 
 __all__ = [
@@ -56,18 +58,13 @@ STATUS_EVERY = 2.0
 
 
 def _status_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "run" / "listeners.json"
+    return status_path(data_dir, "listeners")
 
 
 def read_status(data_dir: Path) -> list[dict[str, Any]] | None:
     """What the running server last wrote about its listeners; None when none runs."""
-    try:
-        status = json.loads(_status_path(data_dir).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(status, dict) or time.time() - float(status.get("at", 0)) > 5 * STATUS_EVERY:
-        return None
-    listeners = status.get("listeners")
+    status = read_status_file(_status_path(data_dir), 5 * STATUS_EVERY)
+    listeners = status.get("listeners") if status else None
     return listeners if isinstance(listeners, list) else None
 
 
@@ -408,11 +405,7 @@ class ListenerHost:
         return listener.ctx if listener else None
 
     def write_status(self) -> None:
-        path = _status_path(self.data_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"at": time.time(), "listeners": self.status()}))
-        tmp.replace(path)
+        write_status(_status_path(self.data_dir), {"listeners": self.status()})
 
     def status(self) -> list[dict[str, Any]]:
         return [

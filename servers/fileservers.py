@@ -10,7 +10,6 @@ seconds for ``flowmill status``.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -19,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.statusfile import read_status as read_status_file
+from engine.statusfile import status_path, write_status
 from servers.dispatch import DropDispatcher
 from servers.drops import DropQueue
 from servers.localwatch import LocalWatcher
@@ -32,19 +33,12 @@ STATUS_EVERY = 2.0
 
 
 def _status_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "run" / "fileservers.json"
+    return status_path(data_dir, "fileservers")
 
 
 def read_status(data_dir: Path) -> dict[str, Any] | None:
-    """What the running server last wrote; None when none runs (no file, or a file older
-    than a few writes, left by a server that died)."""
-    try:
-        status = json.loads(_status_path(data_dir).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(status, dict) or time.time() - float(status.get("at", 0)) > 5 * STATUS_EVERY:
-        return None
-    return status
+    """What the running server last wrote; None when none runs."""
+    return read_status_file(_status_path(data_dir), 5 * STATUS_EVERY)
 
 
 class FileServers:
@@ -134,9 +128,7 @@ class FileServers:
         path.parent.mkdir(parents=True, exist_ok=True)
         while not self._stop.wait(STATUS_EVERY):
             try:
-                temp = path.with_suffix(".tmp")
-                temp.write_text(json.dumps(self.describe(), default=str))
-                temp.replace(path)
+                write_status(path, self.describe())
             except Exception:
                 log.exception("file servers: could not write %s", path)
 

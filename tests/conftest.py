@@ -8,9 +8,16 @@ without the service-backed tests having run.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -30,6 +37,28 @@ def service_missing(what: str, error: Exception) -> None:
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def wait_until(check: Callable[[], Any], seconds: float = 15.0) -> Any:
+    """Poll ``check`` until it returns something true (returned) or fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {check}")
+        time.sleep(0.02)
+
+
+def run_queued(app: Any, worker: str = "test-worker") -> list[str]:
+    """Run every queued job in order, as a worker of the batch server does; their states."""
+    from engine.workers import run_job
+
+    outcomes = []
+    while (job := app.jobs.claim(worker)) is not None:
+        outcomes.append(run_job(app, job.id, worker, 5.0, threading.Event()))
+    return outcomes
 
 
 def _server_database(admin_url: str, dialect: str) -> Iterator[str]:
@@ -74,3 +103,55 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a MongoDB wire-protocol server (SecantusDB's ``secantusd-py``, a test
+    dependency) running as a separate process for the whole test session."""
+    import pymongo
+
+    here = Path(sys.executable).parent / "secantusd-py"
+    binary = str(here) if here.exists() else shutil.which("secantusd-py")
+    if binary is None:
+        service_missing("secantusd-py", FileNotFoundError("pip install -e '.[test]'"))
+    root = tmp_path_factory.mktemp("secantus")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(binary),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(root / "db"),
+        ],
+        cwd=root,  # the server reads ./secantusd.toml when there is one
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"mongodb://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with pymongo.MongoClient(url, serverSelectionTimeoutMS=500) as client:
+                try:
+                    client.admin.command("ping")
+                    break
+                except pymongo.errors.PyMongoError as exc:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        tail = (root / "server.log").read_text(errors="replace")[-2000:]
+                        pytest.fail(f"secantusd-py did not start: {exc}\n{tail}", pytrace=False)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()

@@ -16,6 +16,7 @@ import pytest
 from engine.service import Flowmill
 from engine.workers import run_job
 from nodes.webhook import check_webhook
+from tests.conftest import run_queued
 
 SECRET = "hook-s3cret-value"
 
@@ -62,13 +63,6 @@ def worker(service: Flowmill) -> Iterator[None]:
     thread.join(10)
 
 
-def _run_queued(app: Flowmill) -> list[str]:
-    outcomes = []
-    while (job := app.jobs.claim("test-worker")) is not None:
-        outcomes.append(run_job(app, job.id, "test-worker", 5.0, threading.Event()))
-    return outcomes
-
-
 def test_a_call_with_the_token_starts_the_flow_with_the_body_as_first_record(
     hooks: Flowmill, web: Any, tmp_path: Path
 ) -> None:
@@ -83,7 +77,7 @@ def test_a_call_with_the_token_starts_the_flow_with_the_body_as_first_record(
     job = hooks.jobs.get(job_id)
     assert job.params["_trigger"] == {"shop": "web", "order": 4711, "customer": "Müller"}
     assert job.source.startswith("webhook /hooks/orders/new")
-    assert _run_queued(hooks) == ["succeeded"]
+    assert run_queued(hooks) == ["succeeded"]
     lines = (tmp_path / "orders.csv").read_text(encoding="utf-8").splitlines()
     assert lines == ["shop,order,customer", "web,4711,Müller"]
     bearer = http.post(

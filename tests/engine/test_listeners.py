@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from engine.listeners import ListenContext, ListenerHost, TriggerStateStore, rea
 from engine.registry import Registry
 from engine.service import Flowmill
 from engine.spec import NodeSpec
-from engine.workers import run_job
 from nodes.triggers import event_records
+from tests.conftest import run_queued, wait_until
 
 EVENTS: dict[str, queue.Queue[Any]] = {}  # channel -> what the test "sends"
 STARTS: list[tuple[str, str, dict[str, Any]]] = []
@@ -86,21 +85,6 @@ def app(data_dir: Path) -> Iterator[Flowmill]:
     service.close()
 
 
-def _until(check: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
-
-
-def _run_queued(app: Flowmill) -> list[str]:
-    outcomes = []
-    while (job := app.jobs.claim("test-worker")) is not None:
-        outcomes.append(run_job(app, job.id, "test-worker", 5.0, threading.Event()))
-    return outcomes
-
-
 def test_an_event_starts_one_job_whose_first_record_is_the_event(
     app: Flowmill, tmp_path: Path
 ) -> None:
@@ -111,13 +95,13 @@ def test_an_event_starts_one_job_whose_first_record_is_the_event(
         assert host.refresh() == ["flow ticks, node tick (test.ticker): listening"]
         ctx = host.context("ticks", "tick")
         assert ctx is not None
-        _until(ctx.ready.is_set)
+        wait_until(ctx.ready.is_set)
         EVENTS["a"].put({"n": 1, "text": "Müller"})
-        _until(lambda: ctx.fired == 1)
+        wait_until(lambda: ctx.fired == 1)
         (job,) = app.jobs.list()
         assert job.params["_trigger"] == {"n": 1, "text": "Müller"}
         assert job.source == "test.ticker (tick)"
-        assert _run_queued(app) == ["succeeded"]
+        assert run_queued(app) == ["succeeded"]
         assert out.read_text(encoding="utf-8").splitlines() == ["n,text", "1,Müller"]
         host.check_jobs()  # the listener hears that its job succeeded
         assert TriggerStateStore(app.store).get("ticks", "tick") == {"done": [1]}
@@ -134,7 +118,7 @@ def test_a_batch_of_records_is_one_job(app: Flowmill, tmp_path: Path) -> None:
         ctx = host.context("ticks", "tick")
         assert ctx is not None
         ctx.fire([{"n": 1}, {"n": 2}, {"n": 3}])
-        assert _run_queued(app) == ["succeeded"]
+        assert run_queued(app) == ["succeeded"]
         assert (tmp_path / "out.csv").read_text().splitlines() == ["n", "1", "2", "3"]
     finally:
         host.stop()
@@ -191,10 +175,10 @@ def test_a_failing_listener_is_retried_with_backoff_and_says_why(
         host.refresh()
         ctx = host.context("ticks", "tick")
         assert ctx is not None
-        _until(lambda: ctx.last_error is not None)
+        wait_until(lambda: ctx.last_error is not None)
         assert ctx.last_error == "cannot reach down"
         assert not ctx.ready.is_set()
-        _until(lambda: len(STARTS) >= 2, seconds=5)  # again after 1 s
+        wait_until(lambda: len(STARTS) >= 2, seconds=5)  # again after 1 s
         assert "flow ticks, node tick (test.ticker): cannot reach down (again in" in lines[0]
         status = host.status()[0]
         assert status["failures"] >= 1 and status["error"] == "cannot reach down"
@@ -209,7 +193,7 @@ def test_secrets_in_a_listener_config_are_filled_in(app: Flowmill, tmp_path: Pat
     host = ListenerHost(app)
     try:
         host.refresh()
-        _until(lambda: len(STARTS) == 1)
+        wait_until(lambda: len(STARTS) == 1)
         assert STARTS[0][2]["token"] == "s3cr3t"
     finally:
         host.stop()
@@ -222,8 +206,8 @@ def test_the_running_host_writes_its_status_for_flowmill_status(
     host = ListenerHost(app)
     host.start()
     try:
-        _until(lambda: read_status(app.settings.data_dir) is not None)
-        _until(lambda: (read_status(app.settings.data_dir) or [{}])[0].get("listening") is True)
+        wait_until(lambda: read_status(app.settings.data_dir) is not None)
+        wait_until(lambda: (read_status(app.settings.data_dir) or [{}])[0].get("listening") is True)
         (entry,) = read_status(app.settings.data_dir) or []
         assert entry["flow"] == "ticks" and entry["type"] == "test.ticker"
     finally:

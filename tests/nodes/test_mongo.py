@@ -8,11 +8,7 @@ and change streams. A missing server skips locally and fails in CI.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +26,6 @@ from engine.registry import Registry
 from engine.service import Flowmill
 from engine.testing import run_node
 from engine.validate import validate_flow
-from engine.workers import run_job
 from nodes.mongo import (
     CONNECTION_TYPES,
     MONGO_AGGREGATE,
@@ -39,6 +34,7 @@ from nodes.mongo import (
     json_safe,
     mask_url,
 )
+from tests.conftest import run_queued, wait_until
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -47,60 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _server_binary() -> str | None:
-    here = Path(sys.executable).parent / "secantusd-py"
-    return str(here) if here.exists() else shutil.which("secantusd-py")
-
-
-@pytest.fixture(scope="session")
-def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a MongoDB wire-protocol server running for the whole test session."""
-    binary = _server_binary()
-    if binary is None:
-        message = "secantusd-py is not installed (pip install -e '.[test]')"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    root = tmp_path_factory.mktemp("secantus")
-    port = _free_port()
-    log = (root / "server.log").open("wb")
-    # its own cwd: the server reads ./secantusd.toml when there is one
-    proc = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(root / "db")],
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"mongodb://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-                url, serverSelectionTimeoutMS=500
-            )
-            try:
-                client.admin.command("ping")
-                break
-            except pymongo.errors.PyMongoError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    message = (
-                        f"secantusd-py did not start: {exc}\n"
-                        + (root / "server.log").read_text(errors="replace")[-2000:]
-                    )
-                    pytest.fail(message, pytrace=False)
-            finally:
-                client.close()
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 @pytest.fixture
@@ -475,21 +417,6 @@ def app(data_dir: Path, mongo_url: str, db_name: str) -> Iterator[Flowmill]:
     service.close()
 
 
-def _until(check: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
-
-
-def _run_queued(app: Flowmill) -> list[str]:
-    outcomes = []
-    while (job := app.jobs.claim("test-worker")) is not None:
-        outcomes.append(run_job(app, job.id, "test-worker", 5.0, threading.Event()))
-    return outcomes
-
-
 def test_an_inserted_document_starts_one_job_and_a_restart_resumes(app: Flowmill, db: Any) -> None:
     app.save_flow(_change_flow(db.name))
     host = ListenerHost(app)
@@ -497,10 +424,10 @@ def test_an_inserted_document_starts_one_job_and_a_restart_resumes(app: Flowmill
         assert host.refresh() == ["flow on-order, node change (trigger.mongo_change): listening"]
         ctx = host.context("on-order", "change")
         assert ctx is not None
-        _until(ctx.ready.is_set)
+        wait_until(ctx.ready.is_set)
         oid = db.orders.insert_one({"no": "A-1", "customer": {"name": "Müller"}}).inserted_id
         db.other.insert_one({"no": "not watched"})
-        _until(lambda: ctx.fired == 1)
+        wait_until(lambda: ctx.fired == 1)
         time.sleep(0.5)  # nothing more arrives
         (job,) = app.jobs.list()
         trigger = job.params["_trigger"]
@@ -510,7 +437,7 @@ def test_an_inserted_document_starts_one_job_and_a_restart_resumes(app: Flowmill
         assert datetime.fromisoformat(trigger["at"]).tzinfo is not None
         state = TriggerStateStore(app.store).get("on-order", "change")
         assert state["resume_token"]["_data"]
-        assert _run_queued(app) == ["succeeded"]
+        assert run_queued(app) == ["succeeded"]
         (logged,) = db.order_log.find({}, {"_id": 0})
         assert logged["operation"] == "insert" and logged["document"]["no"] == "A-1"
     finally:
@@ -523,7 +450,7 @@ def test_an_inserted_document_starts_one_job_and_a_restart_resumes(app: Flowmill
         host.refresh()
         ctx = host.context("on-order", "change")
         assert ctx is not None
-        _until(lambda: ctx.fired == 1)
+        wait_until(lambda: ctx.fired == 1)
         job = max(app.jobs.list(), key=lambda j: j.id)
         assert job.params["_trigger"]["operation"] == "update"
         assert job.params["_trigger"]["document"]["status"] == "paid"

@@ -36,7 +36,6 @@ from engine.listeners import ListenerHost
 from engine.registry import Registry
 from engine.service import Flowmill
 from engine.testing import run_node
-from engine.workers import run_job
 from nodes.mqtt import (
     MQTT_PUBLISH,
     MqttError,
@@ -46,7 +45,7 @@ from nodes.mqtt import (
     filter_problem,
     test_connection,
 )
-from tests.conftest import service_missing
+from tests.conftest import run_queued, service_missing, wait_until
 
 PLAIN = {"host": "127.0.0.1", "port": 1883}
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -59,16 +58,6 @@ def _answers(host: str, port: int) -> Exception | None:
             return None
     except OSError as exc:
         return exc
-
-
-def _until(check: Callable[[], Any], seconds: float = 10.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {seconds} s: {check}")
 
 
 @pytest.fixture
@@ -498,13 +487,6 @@ def _trigger_flow(topic: str, out: Path, qos: int = 1) -> dict[str, Any]:
     }
 
 
-def _run_queued(app: Flowmill) -> list[str]:
-    outcomes = []
-    while (job := app.jobs.claim("test-worker")) is not None:
-        outcomes.append(run_job(app, job.id, "test-worker", 5.0, threading.Event()))
-    return outcomes
-
-
 @pytest.fixture
 def app(data_dir: Path) -> Iterator[Flowmill]:
     service = Flowmill.open(data_dir)
@@ -544,7 +526,7 @@ def test_each_message_starts_one_job_with_the_message_as_its_first_record(
         _send(plain, f"{base}/line-1/temp", b'{"celsius": 71.5}')
         _send(plain, f"{base}/line-2/temp", b"not json")
         _send(plain, f"{base}/line-2/pressure", b"{}")  # outside the filter
-        _until(lambda: ctx.fired >= 2)
+        wait_until(lambda: ctx.fired >= 2)
         time.sleep(0.3)
         jobs = sorted(app.jobs.list(), key=lambda j: j.id)
         assert len(jobs) == 2 and ctx.fired == 2
@@ -554,7 +536,7 @@ def test_each_message_starts_one_job_with_the_message_as_its_first_record(
         assert first["qos"] == 1 and first["retain"] is False
         assert dt.datetime.fromisoformat(first["received_at"]).tzinfo is not None
         assert second["payload"] == "not json" and "not JSON" in second["payload_error"]
-        assert _run_queued(app) == ["succeeded", "succeeded"]
+        assert run_queued(app) == ["succeeded", "succeeded"]
     finally:
         host.stop()
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -576,7 +558,7 @@ def test_qos_1_messages_sent_while_the_server_was_down_start_jobs_after_a_restar
     again = ListenerHost(app)
     try:
         ctx = _listening(again)
-        _until(lambda: ctx.fired >= 1)
+        wait_until(lambda: ctx.fired >= 1)
         time.sleep(0.3)
         (job,) = app.jobs.list()
         assert job.params["_trigger"]["payload"] == {"order": 4711}
@@ -602,7 +584,7 @@ def test_a_refused_login_shows_as_the_listeners_error(
         host.refresh()
         ctx = host.context("plant-events", "heard")
         assert ctx is not None
-        _until(lambda: ctx.last_error)
+        wait_until(lambda: ctx.last_error)
         assert "refused the login of 'plant'" in ctx.last_error
         assert "connection 'plant'" in ctx.last_error
         assert "Geheim-Falsch-42" not in ctx.last_error and not ctx.ready.is_set()
@@ -622,11 +604,11 @@ def test_the_listener_reconnects_after_the_broker_restarts(
         try:
             ctx = _listening(host)
             broker.stop()
-            _until(lambda: not ctx.ready.is_set())
+            wait_until(lambda: not ctx.ready.is_set())
             broker.start()  # same port, no session kept: the listener must subscribe again
             assert ctx.ready.wait(20), "the listener did not come back"
             _send(settings, f"{base}/orders", b'{"order": 1}')
-            _until(lambda: ctx.fired >= 1)
+            wait_until(lambda: ctx.fired >= 1)
             (job,) = app.jobs.list()
             assert job.params["_trigger"]["payload"] == {"order": 1}
         finally:

@@ -4,7 +4,6 @@ the flow with exactly that row, once; the watermark moves only after success."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,8 +15,8 @@ import sqlalchemy as sa
 
 from engine.listeners import ListenerHost, TriggerStateStore
 from engine.service import Flowmill
-from engine.workers import run_job
 from nodes.sqlchange import check_sql_change
+from tests.conftest import run_queued, wait_until
 
 T0 = datetime(2026, 11, 20, 8, 0, 0)
 T1 = datetime(2026, 11, 21, 9, 30, 0)
@@ -89,21 +88,6 @@ def _flow(url: str, out: Path, **config: Any) -> dict[str, Any]:
     }
 
 
-def _until(check: Any, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
-def _run_queued(app: Flowmill) -> list[str]:
-    outcomes = []
-    while (job := app.jobs.claim("test-worker")) is not None:
-        outcomes.append(run_job(app, job.id, "test-worker", 5.0, threading.Event()))
-    return outcomes
-
-
 def _update(engine: sa.Engine, customer: int, **values: Any) -> None:
     with engine.begin() as conn:
         conn.execute(customers.update().where(customers.c.id == customer).values(**values))
@@ -121,19 +105,19 @@ def test_a_changed_row_runs_the_flow_with_that_row_once(
     host = ListenerHost(app)
     host.start()
     try:
-        _until(lambda: (ctx := host.context("customer-sync", "changed")) and ctx.ready.is_set())
+        wait_until(lambda: (ctx := host.context("customer-sync", "changed")) and ctx.ready.is_set())
         time.sleep(0.6)  # three polls: the rows that existed before start nothing
         assert app.jobs.list() == []
         _update(erp, 2, name="Müller GmbH", credit=40, updated_at=T1)
-        _until(lambda: len(app.jobs.list()) == 1)
+        wait_until(lambda: len(app.jobs.list()) == 1)
         assert _triggers(app) == [
             {"id": 2, "name": "Müller GmbH", "credit": 40, "updated_at": T1.isoformat()}
         ]
-        assert _run_queued(app) == ["succeeded"]
+        assert run_queued(app) == ["succeeded"]
         assert out.read_text(encoding="utf-8").splitlines()[1].startswith("2,Müller GmbH,40,")
         state = TriggerStateStore(app.store)
-        _until(lambda: state.get("customer-sync", "changed").get("watermark") is not None)
-        _until(
+        wait_until(lambda: state.get("customer-sync", "changed").get("watermark") is not None)
+        wait_until(
             lambda: state.get("customer-sync", "changed")["watermark"]["datetime"].startswith(
                 T1.isoformat()
             )
@@ -142,16 +126,18 @@ def test_a_changed_row_runs_the_flow_with_that_row_once(
         assert len(app.jobs.list()) == 1  # done: not again
         with erp.begin() as conn:
             conn.execute(customers.insert().values(id=4, name="Delta", credit=5, updated_at=T2))
-        _until(lambda: len(app.jobs.list()) == 2)
+        wait_until(lambda: len(app.jobs.list()) == 2)
         assert _triggers(app)[1]["name"] == "Delta"
-        assert _run_queued(app) == ["succeeded"]
+        assert run_queued(app) == ["succeeded"]
     finally:
         host.stop()
     # a restarted server fires nothing that already ran
     again = ListenerHost(app)
     again.start()
     try:
-        _until(lambda: (ctx := again.context("customer-sync", "changed")) and ctx.ready.is_set())
+        wait_until(
+            lambda: (ctx := again.context("customer-sync", "changed")) and ctx.ready.is_set()
+        )
         time.sleep(0.8)
         assert len(app.jobs.list()) == 2
     finally:
@@ -177,19 +163,19 @@ def test_a_failed_job_fires_its_row_again_but_not_the_rows_that_succeeded(
     host = ListenerHost(app)
     host.start()
     try:
-        _until(lambda: len(app.jobs.list()) == 3)
+        wait_until(lambda: len(app.jobs.list()) == 3)
         assert [t["id"] for t in _triggers(app)] == [1, 2, 3]
-        assert sorted(_run_queued(app)) == ["failed", "succeeded", "succeeded"]
-        _until(lambda: len(app.jobs.list()) == 4, seconds=10)  # row 2 again, after 1 s
+        assert sorted(run_queued(app)) == ["failed", "succeeded", "succeeded"]
+        wait_until(lambda: len(app.jobs.list()) == 4, seconds=10)  # row 2 again, after 1 s
         assert _triggers(app)[3]["id"] == 2
         assert _triggers(app)[3]["credit"] == 0  # the row as it is: fails again
         _update(engine, 2, credit=50, updated_at=T2)  # fixed in the ERP
-        assert _run_queued(app) == ["failed"]
-        _until(lambda: len(app.jobs.list()) == 5, seconds=10)
+        assert run_queued(app) == ["failed"]
+        wait_until(lambda: len(app.jobs.list()) == 5, seconds=10)
         assert _triggers(app)[4] | {"id": 2, "credit": 50} == _triggers(app)[4]
-        assert _run_queued(app) == ["succeeded"]
+        assert run_queued(app) == ["succeeded"]
         state = TriggerStateStore(app.store)
-        _until(
+        wait_until(
             lambda: state.get("customer-sync", "changed")["watermark"]["datetime"].startswith(
                 T2.isoformat()
             )
@@ -209,16 +195,16 @@ def test_batch_mode_starts_one_job_for_the_rows_of_a_poll(app: Flowmill, tmp_pat
     host = ListenerHost(app)
     host.start()
     try:
-        _until(lambda: (ctx := host.context("customer-sync", "changed")) and ctx.ready.is_set())
+        wait_until(lambda: (ctx := host.context("customer-sync", "changed")) and ctx.ready.is_set())
         with engine.begin() as conn:  # an empty table at start: every row to come is new
             conn.execute(
                 customers.insert(),
                 [{"id": i, "name": f"C{i}", "credit": i, "updated_at": T1} for i in (1, 2, 3)],
             )
-        _until(lambda: len(app.jobs.list()) == 1)
+        wait_until(lambda: len(app.jobs.list()) == 1)
         (trigger,) = _triggers(app)
         assert [r["id"] for r in trigger["$records"]] == [1, 2, 3]
-        assert _run_queued(app) == ["succeeded"]
+        assert run_queued(app) == ["succeeded"]
         assert len((tmp_path / "out.csv").read_text().splitlines()) == 4
     finally:
         host.stop()
@@ -256,11 +242,11 @@ def test_postgresql_notify_starts_the_flow_without_waiting_for_the_poll(
     host = ListenerHost(app)
     host.start()
     try:
-        _until(lambda: (ctx := host.context("customer-sync", "changed")) and ctx.ready.is_set())
+        wait_until(lambda: (ctx := host.context("customer-sync", "changed")) and ctx.ready.is_set())
         time.sleep(0.3)
         begun = time.monotonic()
         _update(engine, 1, name="Alpha AG", updated_at=T1)
-        _until(lambda: len(app.jobs.list()) == 1, seconds=10)
+        wait_until(lambda: len(app.jobs.list()) == 1, seconds=10)
         assert time.monotonic() - begun < 5  # the poll would have taken 60 s
         assert _triggers(app)[0]["name"] == "Alpha AG"
     finally:
@@ -280,14 +266,14 @@ def test_a_missing_table_or_column_is_named(app: Flowmill, tmp_path: Path) -> No
         host.refresh()
         ctx = host.context("customer-sync", "changed")
         assert ctx is not None
-        _until(lambda: ctx.last_error is not None)
+        wait_until(lambda: ctx.last_error is not None)
         assert "table 'kunden' does not exist" in ctx.last_error
         flow["nodes"][0]["config"] |= {"table": "customers", "watermark": "changed_on"}
         app.save_flow(flow)
         host.refresh()
         ctx = host.context("customer-sync", "changed")
         assert ctx is not None
-        _until(lambda: ctx.last_error is not None)
+        wait_until(lambda: ctx.last_error is not None)
         assert "watermark: table customers has no column 'changed_on'" in ctx.last_error
     finally:
         host.stop()

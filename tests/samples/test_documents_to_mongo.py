@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pymongo
@@ -30,48 +25,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A secantusd-py server for this module's tests."""
-    here = Path(sys.executable).parent / "secantusd-py"
-    binary = str(here) if here.exists() else shutil.which("secantusd-py")
-    if binary is None:
-        message = "secantusd-py is not installed (pip install -e '.[test]')"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    root = tmp_path_factory.mktemp("secantus")
-    port = _free_port()
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(root / "db")],
-        cwd=root,  # the server reads ./secantusd.toml when there is one
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"mongodb://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with pymongo.MongoClient(url, serverSelectionTimeoutMS=500) as client:
-                try:
-                    client.admin.command("ping")
-                    break
-                except pymongo.errors.PyMongoError as exc:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        tail = (root / "server.log").read_text(errors="replace")[-2000:]
-                        pytest.fail(f"secantusd-py did not start: {exc}\n{tail}", pytrace=False)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 @pytest.fixture

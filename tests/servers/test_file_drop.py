@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,11 @@ import pytest
 from engine.filedrops import matches
 from engine.params import ParamError
 from engine.service import Flowmill
-from engine.workers import run_job
 from nodes.file_drop import check_file_drop
 from servers.dispatch import DropDispatcher
 from servers.drops import DropEvent, DropQueue, drop_home, sha256_of
 from servers.localwatch import LocalWatcher
+from tests.conftest import run_queued
 
 
 def _record(**over: Any) -> dict[str, Any]:
@@ -66,13 +65,6 @@ def _flow(folder: str, out: Path, **config: Any) -> dict[str, Any]:
     }
 
 
-def _run_queued(app: Flowmill) -> list[str]:
-    outcomes = []
-    while (job := app.jobs.claim("test-worker")) is not None:
-        outcomes.append(run_job(app, job.id, "test-worker", 5.0, threading.Event()))
-    return outcomes
-
-
 @pytest.fixture
 def app(data_dir: Path):
     service = Flowmill.open(data_dir)
@@ -100,7 +92,7 @@ def test_a_file_closed_in_a_watched_folder_runs_its_flow_and_is_moved(
         (inbox / "notes.txt").write_text("no flow waits for this\n")
         while dispatcher.started < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _run_queued(app) == ["succeeded"]
+        assert run_queued(app) == ["succeeded"]
         while (inbox / "orders.csv").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
@@ -132,7 +124,7 @@ def test_uploads_start_one_job_per_matching_flow_and_duplicates_can_be_skipped(
         dispatcher.handle(event)
     jobs = sorted((j.flow_id, j.params["_trigger"]["name"]) for j in app.jobs.list())
     assert jobs == [("every", "in/a.csv"), ("every", "in/b.csv"), ("once", "in/a.csv")]
-    assert _run_queued(app) == ["succeeded"] * 3
+    assert run_queued(app) == ["succeeded"] * 3
     dispatcher.tidy()
     assert not (home / "in" / "a.csv").exists()  # every job of a.csv succeeded: deleted
 
