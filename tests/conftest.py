@@ -8,7 +8,9 @@ without the service-backed tests having run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +159,50 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Quickstart:
+    """The README's quick start, running: its address, the admin password it printed."""
+
+    url: str
+    password: str
+    data_dir: Path
+    log: Path
+
+
+@contextmanager
+def quickstart(tmp_path: Path) -> Iterator[Quickstart]:
+    """Run ``scripts/quickstart`` as a new user does (own data directory, web port of its
+    own) until the samples are loaded and scheduled; stop it and all it started after."""
+    data_dir = tmp_path / "data"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir), "FLOWMILL_WEB_PORT": str(port)}
+    env |= {"FLOWMILL_FTPS_PORT": "0", "FLOWMILL_WEBDAV_PORT": "0"}  # ports of their own
+    env.pop("FLOWMILL_FLOWS_DIR", None)
+    log = tmp_path / "quickstart.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["bash", str(ROOT / "scripts" / "quickstart")],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        text = ""
+        while "imported flow sales-import" not in text or "schedule flow:" not in text:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+            text = log.read_text()
+        password = re.search(r"user 'admin' with password (\S+)", text)
+        assert password, text
+        assert f"web app: http://127.0.0.1:{port}/" in text
+        yield Quickstart(f"http://127.0.0.1:{port}", password.group(1), data_dir, log)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)

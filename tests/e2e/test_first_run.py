@@ -8,10 +8,6 @@ build/screenshots/first-run-*.png).
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,45 +16,21 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import free_port
+from tests.conftest import Quickstart, quickstart
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def quickstart(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """The README's quick start running; (its address, the admin password it printed)."""
-    data_dir = tmp_path / "data"
-    port = free_port()
-    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir), "FLOWMILL_WEB_PORT": str(port)}
-    env |= {"FLOWMILL_FTPS_PORT": "0", "FLOWMILL_WEBDAV_PORT": "0"}
-    env.pop("FLOWMILL_FLOWS_DIR", None)
-    log = tmp_path / "quickstart.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["bash", str(ROOT / "scripts" / "quickstart")],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        text = ""
-        while "imported flow sales-import" not in text or "web app: http" not in text:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
-            text = log.read_text()
-        password = re.search(r"user 'admin' with password (\S+)", text)
-        assert password, text
-        yield f"http://127.0.0.1:{port}", password.group(1)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+def started(tmp_path: Path) -> Iterator[Quickstart]:
+    with quickstart(tmp_path) as running:
+        yield running
 
 
 def test_a_new_user_runs_sales_import_within_a_minute(
-    quickstart: tuple[str, str], browser: Any, screenshots: Path
+    started: Quickstart, browser: Any, screenshots: Path
 ) -> None:
-    url, password = quickstart
+    url, password = started.url, started.password
     began = time.monotonic()
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()

@@ -9,58 +9,22 @@ their next run times.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import socket
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import quickstart
 
 
 def test_quickstart_serves_the_samples_and_runs_one(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    port = _free_port()
-    env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir), "FLOWMILL_WEB_PORT": str(port)}
-    env |= {"FLOWMILL_FTPS_PORT": "0", "FLOWMILL_WEBDAV_PORT": "0"}  # ports of their own
-    env.pop("FLOWMILL_FLOWS_DIR", None)
-    log = tmp_path / "quickstart.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["bash", str(ROOT / "scripts" / "quickstart")],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        text = ""
-        while "imported flow sales-import" not in text or "schedule flow:" not in text:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
-            text = log.read_text()
-        password = re.search(r"user 'admin' with password (\S+)", text)
-        assert password, text
-        assert f"web app: http://127.0.0.1:{port}/" in text
-        base = f"http://127.0.0.1:{port}"
+    with quickstart(tmp_path) as started:
+        data_dir, log, text = started.data_dir, started.log, started.log.read_text()
+        deadline = time.monotonic() + 120
+        base = started.url
         http = requests.Session()
-        login = http.post(
-            f"{base}/api/login", json={"name": "admin", "password": password.group(1)}
-        )
+        login = http.post(f"{base}/api/login", json={"name": "admin", "password": started.password})
         assert login.status_code == 200, login.text
         http.headers["X-CSRF-Token"] = login.json()["csrf_token"]
         assert "demo built in" in text  # flowmill demo init ran first
@@ -95,6 +59,3 @@ def test_quickstart_serves_the_samples_and_runs_one(tmp_path: Path) -> None:
             (rows,) = db.execute("SELECT count(*) FROM sales").fetchone()
         assert rows == 24  # the demo export's good lines
         assert http.get(f"{base}/dashboard").status_code == 200
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
