@@ -522,6 +522,14 @@ class JobStore:
                     return None
                 conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
                 job = self._get(conn, job_id)
+            if job.group:
+                # the member before it may have finished after ``now`` was read: its start
+                # is stamped now, after that finish is visible, so starts follow finishes
+                stamp = self.clock.now()
+                if stamp > now:
+                    stamps = {"started_at": stamp, "heartbeat_at": stamp, "updated_at": stamp}
+                    conn.execute(sa.update(jobs).where(jobs.c.id == job.id).values(**stamps))
+                    job = dataclasses.replace(job, started_at=stamp, heartbeat_at=stamp)
             self._log(conn, job.id, f"started on {worker}")
             return job
 
