@@ -574,7 +574,15 @@ def patch_job(job_id: int) -> Any:
     tag="status",
 )
 def status() -> Any:
-    return jsonify(service().status())
+    from engine.listeners import read_status as listeners_status
+    from servers.fileservers import read_status as file_servers_status
+
+    app = service()
+    report = app.status()
+    # what the running `flowmill serve` last wrote (None: not running)
+    report["file_servers"] = file_servers_status(app.settings.data_dir)
+    report["listeners"] = listeners_status(app.settings.data_dir)
+    return jsonify(report)
 
 
 def prometheus_text(app: Any) -> str:

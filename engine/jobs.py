@@ -393,9 +393,17 @@ class JobStore:
 
     def request_kill(self, job_id: int) -> Job:
         """Ask the server running the job to stop it; a waiting job is cancelled at once."""
-        job = self.get(job_id)
-        if job.state in ("queued", "held"):
-            return self.cancel(job_id)
+        for _ in range(3):  # it may start (or end) between the look and the change
+            job = self.get(job_id)
+            try:
+                if job.state in ("queued", "held"):
+                    return self.cancel(job_id)
+                return self._transition(
+                    job_id, ("running",), "killed", {"kill_requested": True}, "kill requested"
+                )
+            except JobError:
+                if self.get(job_id).state == job.state:
+                    raise  # not a race: the state does not allow it
         return self._transition(
             job_id, ("running",), "killed", {"kill_requested": True}, "kill requested"
         )

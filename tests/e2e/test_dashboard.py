@@ -532,3 +532,39 @@ def test_schedules_calendars_and_conditions_are_managed_in_the_page(
     names = {s["name"] for s in server.api("viewer").get(f"{server.url}/api/schedules").json()}
     assert "often" not in names and "nightly" in names
     no_errors(page)
+
+
+def test_servers_tab_shows_the_file_servers_and_the_trigger_listeners(
+    login_as: Any, server: Any, screenshots: Path
+) -> None:
+    from tests.e2e.conftest import free_port
+
+    port = free_port()
+    flow = {
+        "format": "flowmill/1",
+        "id": "e2e-ticker",
+        "nodes": [
+            {"id": "tcp", "type": "trigger.tcp", "config": {"port": port}},
+            {"id": "wait", "type": "util.delay", "config": {"seconds": 0}},
+        ],
+        "edges": [{"source": "tcp", "source_port": "out", "target": "wait", "target_port": "in"}],
+    }
+    saved = server.api("editor").post(f"{server.url}/api/flows", json={"flow": flow})
+    assert saved.status_code in (200, 201), saved.text
+    page = open_dashboard(login_as, "viewer", tab="servers")
+    expect(page.locator('#file-servers tr[data-file-server="ftps"]')).to_contain_text(
+        "running", timeout=15_000
+    )
+    expect(page.locator('#file-servers tr[data-file-server="webdav"]')).to_contain_text("running")
+    listener = page.locator('#listeners tr[data-listener="e2e-ticker/tcp"]')
+    for _ in range(30):  # the server writes its status every 2 s; the tab reloads on a click
+        page.click("#tab-jobs")
+        page.click("#tab-servers")
+        if listener.count() and listener.get_attribute("data-state") == "listening":
+            break
+        time.sleep(0.5)
+    expect(listener).to_have_attribute("data-state", "listening")
+    expect(listener.locator("td").nth(3)).to_have_text("listening")
+    expect(listener).to_contain_text("trigger.tcp")
+    screenshot(page, screenshots / "dashboard-listeners.png")
+    server.api("editor").delete(f"{server.url}/api/flows/e2e-ticker")

@@ -205,3 +205,23 @@ def test_concurrent_claims_take_every_job_exactly_once(js: JobStore):
     for t in threads:
         t.join()
     assert sorted(taken) == sorted(ids)
+
+
+def test_a_kill_of_a_job_that_starts_meanwhile_asks_its_worker_to_stop(
+    js: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """request_kill looks at the state, then changes it: a worker claiming the job in
+    between must not turn the operator's kill into an error."""
+    job = submit(js)
+    cancel = js.cancel
+
+    def claimed_first(job_id: int):  # type: ignore[no-untyped-def]
+        js.claim("w1")  # the server starts it just now
+        return cancel(job_id)
+
+    monkeypatch.setattr(js, "cancel", claimed_first)
+    killed = js.request_kill(job.id)
+    assert (killed.state, killed.kill_requested) == ("running", True)
+    with pytest.raises(JobError, match="succeeded"):
+        js.finish(job.id, "w1", "succeeded")
+        js.request_kill(job.id)  # a finished job cannot be killed: that is not a race

@@ -1193,10 +1193,39 @@
     }
     for (const id of [...S.servers.keys()]) if (!seen.has(id)) S.servers.delete(id);
     S.counts = { ...(status.jobs || {}) };
+    S.fileServers = status.file_servers;
+    S.listeners = status.listeners;
     for (const job of status.running || []) storeJob(job);
     renderChips();
     renderServers();
     renderRunning();
+    renderSideServers();
+  }
+
+  // File-drop servers and trigger listeners, as the running `flowmill serve` last wrote them.
+  function renderSideServers() {
+    if (ui.fileServersBody) {
+      const servers = Object.entries((S.fileServers && S.fileServers.servers) || {});
+      ui.fileServersBody.replaceChildren(...(servers.length ? servers.map(([name, s]) => el("tr", { "data-file-server": name },
+        el("td", {}, name.toUpperCase()),
+        el("td", { class: "mono" }, `${s.host}:${s.port}`),
+        el("td", {}, el("span", { class: `health ${s.running ? "ok" : "down"}` }, s.running ? "running" : "stopped")),
+        el("td", { class: "num" }, String(s.connections ?? "")),
+        el("td", { class: "num" }, String(s.uploads_received ?? "")),
+        el("td", { class: "num" }, String(s.uploads_refused_busy ?? "")))) :
+        [el("tr", { class: "empty" }, el("td", { colspan: "6" }, S.fileServers ? "No file-drop server is switched on." : "No file-drop server is running (flowmill serve starts them)."))]));
+    }
+    if (ui.listenersBody) {
+      const listeners = S.listeners || [];
+      ui.listenersBody.replaceChildren(...(listeners.length ? listeners.map((l) => el("tr", { "data-listener": `${l.flow}/${l.node}`, "data-state": l.listening ? "listening" : "down" },
+        el("td", {}, l.flow),
+        el("td", { class: "mono" }, l.node),
+        el("td", { class: "mono" }, l.type),
+        el("td", {}, l.listening ? el("span", { class: "health ok" }, "listening")
+          : el("span", { class: "health down", title: l.error || "" }, `not listening${l.error ? ": " + l.error : ""}`)),
+        el("td", { class: "num" }, String(l.fired)))) :
+        [el("tr", { class: "empty" }, el("td", { colspan: "5" }, S.listeners ? "No enabled flow has an event trigger." : "Not running (flowmill serve listens for event triggers)."))]));
+    }
   }
 
   function onHeartbeat(ev) {
@@ -1659,6 +1688,8 @@
       serversAlarm: $("tab-servers-alarm"),
       serversBody: document.querySelector("#servers tbody"),
       runningBody: document.querySelector("#running-jobs tbody"),
+      fileServersBody: document.querySelector("#file-servers tbody"),
+      listenersBody: document.querySelector("#listeners tbody"),
       cards: $("server-cards"),
       schedulesBody: document.querySelector("#schedules tbody"),
       calendarsBody: document.querySelector("#calendars tbody"),
