@@ -794,6 +794,45 @@ def _fn_day(value: Any) -> int | None:
     return None if day is None else day.day
 
 
+# Directives format_date() understands: dates and times, nothing that depends on the locale
+# or reads the system (no %c, %x, %Z, %s); English names only where the text is fixed.
+_DATE_DIRECTIVES = frozenset("YmdHMSyjaAbB%")
+_DATE_PATTERN_MAX = 64
+
+
+def _fn_format_date(value: Any, pattern: Any) -> str | None:
+    """format_date(d, '%d.%m.%Y'): a date or timestamp as text (%Y %m %d %H %M %S %y %j,
+    %a %A %b %B in English, %% a percent sign)."""
+    if value is None:
+        return None
+    if not isinstance(pattern, str) or len(pattern) > _DATE_PATTERN_MAX:
+        raise ExpressionError(
+            f"format_date(): the pattern must be text of at most {_DATE_PATTERN_MAX} characters"
+        )
+    chars = iter(pattern)
+    for char in chars:
+        if char == "%" and (directive := next(chars, "")) not in _DATE_DIRECTIVES:
+            raise ExpressionError(
+                f"format_date(): %{directive} is not supported (use %Y %m %d %H %M %S %y %j "
+                "%a %A %b %B %%)"
+            )
+    moment: date
+    if isinstance(value, date):
+        moment = value
+    elif isinstance(value, str) and ("T" in value or ":" in value):  # a timestamp
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ExpressionError(
+                f"format_date(): cannot read {_short(value)!r} as a date or timestamp"
+            ) from None
+    else:
+        moment = _to_date(value, "format_date")  # type: ignore[assignment]
+        if moment is None:
+            return None
+    return moment.strftime(pattern)
+
+
 def _fn_days_between(start: Any, end: Any) -> int | None:
     """days_between(a, b): days from a to b (positive when b is later)."""
     first = _to_date(start, "days_between")
@@ -815,6 +854,7 @@ FUNCTIONS: Mapping[str, Callable[..., Any]] = MappingProxyType(
         "decimal": _fn_decimal,
         "endswith": _fn_endswith,
         "float": _fn_float,
+        "format_date": _fn_format_date,
         "int": _fn_int,
         "is_empty": _fn_is_empty,
         "len": _fn_len,

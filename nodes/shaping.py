@@ -578,6 +578,15 @@ JOIN_SCHEMA: dict[str, Any] = {
             "description": "inner: only left records with a match; left: every left "
             "record, with null right fields when there is no match.",
         },
+        "right_fields": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "default": [],
+            "title": "Right fields (left join)",
+            "description": "Fields a left record without a match gets as null even when the "
+            "right input was empty (the node only knows the fields of right records it saw), "
+            "so later expressions can read them.",
+        },
         "prefix": {
             "type": "string",
             "default": "right_",
@@ -733,7 +742,8 @@ def join(ctx: RunContext, config: dict[str, Any], inputs: Inputs) -> Outputs:
                 table.setdefault(key, []).append(part)
                 right_count += 1
         ctx.status(f"{right_count} right records in {len(table)} keys")
-        empty = dict.fromkeys(right_fields)
+        declared = [f for f in config.get("right_fields") or [] if f not in drop]
+        empty = dict.fromkeys([*right_fields, *declared])
         for batch in left:
             ctx.check_cancelled()
             out: Batch = []

@@ -351,6 +351,7 @@ def test_compiled_expression_survives_pickling() -> None:
 
 # --------------------------------------------------------------------------- functions
 FUNCTION_CASES = [
+    ("format_date(x, '%d.%m.%Y')", {"x": date(2026, 11, 21)}, "21.11.2026"),
     ("round(x, 2)", {"x": 2.675}, 2.68),
     ("round(x, 2)", {"x": Decimal("2.675")}, Decimal("2.68")),
     ("round(x)", {"x": 2.5}, 3),
@@ -484,3 +485,24 @@ def test_floor_division_floors_decimals_like_floats(x: Any, y: int, floored: Any
     """Python's Decimal ``//`` truncates toward zero; the expression language floors."""
     assert evaluate("x // y", {"x": x, "y": y}) == floored
     assert evaluate(f"x // {y}", {"x": x}) == floored
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern", "text"),
+    [
+        (datetime(2026, 11, 21, 9, 5, 7), "%Y-%m-%d-%H%M", "2026-11-21-0905"),
+        (date(2026, 11, 21), "%d.%m.%Y", "21.11.2026"),
+        ("2026-11-21T09:05:00", "%H:%M:%S", "09:05:00"),
+        ("21.11.2026", "%Y%m%d", "20261121"),
+        (date(2026, 11, 21), "%a %d %b %Y, 100%%", "Sat 21 Nov 2026, 100%"),
+        (None, "%Y", None),
+    ],
+)
+def test_format_date_writes_dates_and_times_as_text(value: Any, pattern: str, text: Any) -> None:
+    assert evaluate("format_date(d, p)", {"d": value, "p": pattern}) == text
+
+
+@pytest.mark.parametrize("pattern", ["%c", "%s", "%Z", "%", "x" * 65, 42])
+def test_format_date_refuses_patterns_outside_the_allow_list(pattern: Any) -> None:
+    with pytest.raises(ExpressionError, match="format_date"):
+        evaluate("format_date(today(), p)", {"p": pattern})

@@ -194,6 +194,14 @@ def test_left_join_keeps_unmatched_with_null_right_fields():
     assert out[3] == {**ORDERS[3], "city": None, "kunde_sku": None}
 
 
+def test_left_join_with_an_empty_right_input_adds_the_declared_right_fields():
+    config = {"on": ["customer"], "type": "left", "right_fields": ["city", "customer"]}
+    out = run_node(JOIN, config, {"left": ORDERS[:2], "right": []})["out"]
+    assert out == [{**ORDERS[0], "city": None}, {**ORDERS[1], "city": None}]  # key kept once
+    plain = run_node(JOIN, {**config, "right_fields": []}, {"left": ORDERS[:1], "right": []})
+    assert plain["out"] == [ORDERS[0]]  # without the list the node cannot know them
+
+
 def test_join_on_differently_named_keys_matches_every_right_record():
     prices = [{"article": "a", "price": 1}, {"article": "a", "price": 2}, {"article": None}]
     config = {"left_on": ["sku"], "right_on": ["article"]}
