@@ -326,6 +326,8 @@ class ListenerHost:
             except Exception as exc:
                 if ctx.stopping.is_set():
                     return
+                if ctx.ready.is_set():  # it had been listening: the back-off starts over
+                    listener.failures = 0
                 listener.failures += 1
                 ctx.last_error = str(exc) or type(exc).__name__
                 delay = BACKOFF[min(listener.failures, len(BACKOFF)) - 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ def _listen(ctx: ListenContext) -> None:
         raise FlowmillError(f"cannot reach {ctx.config['channel']}")
     channel = EVENTS.setdefault(ctx.config["channel"], queue.Queue())
     ctx.ready.set()
+    if ctx.config.get("crash"):
+        raise FlowmillError("connection lost")
     while not ctx.stopping.is_set():
         try:
             item = channel.get(timeout=0.05)
@@ -53,6 +56,7 @@ TICKER = NodeSpec(
         "properties": {
             "channel": {"type": "string"},
             "fail": {"type": "boolean", "default": False},
+            "crash": {"type": "boolean", "default": False},
             "token": {"type": "string"},
         },
     },
@@ -183,6 +187,22 @@ def test_a_failing_listener_is_retried_with_backoff_and_says_why(
         status = host.status()[0]
         assert status["failures"] >= 1 and status["error"] == "cannot reach down"
         assert status["listening"] is False
+    finally:
+        host.stop()
+
+
+def test_a_listener_that_was_listening_is_back_after_a_second_each_time(
+    app: Flowmill, tmp_path: Path
+) -> None:
+    """The back-off grows only while a listener cannot start: one that listened, then lost
+    its connection, tries again after 1 s (not after 2, 5, 10 … s)."""
+    app.save_flow(_flow("ticks", "flaky", tmp_path / "out.csv", crash=True))
+    host = ListenerHost(app)
+    try:
+        host.refresh()
+        begun = time.monotonic()
+        wait_until(lambda: len(STARTS) >= 4, seconds=10)
+        assert time.monotonic() - begun < 3.8  # 0, 1, 2, 3 s (growing back-off: 0, 1, 3, 8 s)
     finally:
         host.stop()
 
