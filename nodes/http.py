@@ -23,7 +23,7 @@ import os
 import re
 import secrets as token
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -48,6 +48,7 @@ from engine.spec import (
     Stream,
     batched,
 )
+from nodes.templates import MissingField, RecordTemplate
 
 __all__ = [
     "CONNECTION_TYPES",
@@ -64,7 +65,6 @@ __all__ = [
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 AUTH_KINDS = ("none", "basic", "bearer", "api_key")
-_PLACEHOLDER = re.compile(r"\$\{(?:record\.)?([A-Za-z_][A-Za-z0-9_]*)\}")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _CHUNK = 1 << 16
 _EXCERPT = 200
@@ -258,43 +258,6 @@ _DOWNLOAD_DEFAULTS = _defaults(DOWNLOAD_SCHEMA)
 
 
 # -- templates ----------------------------------------------------------------------------
-
-
-class _MissingField(Exception):
-    def __init__(self, where: str, name: str) -> None:
-        super().__init__(f"{where}: the record has no field {name!r}")
-
-
-@dataclass(frozen=True)
-class _Template:
-    """A config string split once into literal text and record field names."""
-
-    where: str
-    parts: tuple[str, ...]  # literal, field, literal, field, ..., literal
-    encode: Callable[[str], str] | None = None
-
-    @classmethod
-    def parse(cls, where: str, text: str, encode: Callable[[str], str] | None = None) -> _Template:
-        return cls(where, tuple(_PLACEHOLDER.split(text)), encode)
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return self.parts[1::2]
-
-    def render(self, record: Mapping[str, Any]) -> str:
-        parts = self.parts
-        if len(parts) == 1:
-            return parts[0]
-        out = [parts[0]]
-        for i in range(1, len(parts), 2):
-            name = parts[i]
-            if name not in record:
-                raise _MissingField(self.where, name)
-            value = record[name]
-            text = "" if value is None else str(value)
-            out.append(self.encode(text) if self.encode else text)
-            out.append(parts[i + 1])
-        return "".join(out)
 
 
 def _url_part(text: str) -> str:
@@ -562,20 +525,20 @@ def _form_value(value: Any) -> str:
 class _Plan:
     """The config's templates, parsed once per node run."""
 
-    url: _Template
-    headers: tuple[tuple[str, _Template], ...]
-    query: tuple[tuple[str, _Template], ...]
+    url: RecordTemplate
+    headers: tuple[tuple[str, RecordTemplate], ...]
+    query: tuple[tuple[str, RecordTemplate], ...]
 
     @classmethod
     def parse(cls, config: Mapping[str, Any]) -> _Plan:
         return cls(
-            _Template.parse("url", str(config["url"]), _url_part),
+            RecordTemplate.parse("url", str(config["url"]), _url_part),
             tuple(
-                (k, _Template.parse(f"headers.{k}", str(v)))
+                (k, RecordTemplate.parse(f"headers.{k}", str(v)))
                 for k, v in (config.get("headers") or {}).items()
             ),
             tuple(
-                (k, _Template.parse(f"query.{k}", str(v)))
+                (k, RecordTemplate.parse(f"query.{k}", str(v)))
                 for k, v in (config.get("query") or {}).items()
             ),
         )
@@ -686,7 +649,7 @@ def _request_stream(ctx: RunContext, cfg: Mapping[str, Any], stream: Stream) -> 
                     "headers": _headers_out(client, response),
                     "body": _decode(client, response, raw),
                 }
-        except (_MissingField, TypeError, ValueError) as exc:
+        except (MissingField, TypeError, ValueError) as exc:
             ctx.reject(record, client.mask(str(exc)))
         except _Failed as exc:
             _reject_failed(ctx, client, record, exc)
@@ -758,7 +721,7 @@ def _allowed(content_type: str, allowed: tuple[str, ...]) -> bool:
 
 def _download_stream(ctx: RunContext, cfg: Mapping[str, Any], stream: Stream) -> Iterator[Batch]:
     plan = _Plan.parse(cfg)
-    path_template = _Template.parse("path", str(cfg["path"]), _path_part)
+    path_template = RecordTemplate.parse("path", str(cfg["path"]), _path_part)
     client = _client(ctx, cfg)
     limit = int(cfg["max_bytes"])
     allowed = tuple(cfg["content_types"] or ())
@@ -773,7 +736,7 @@ def _download_stream(ctx: RunContext, cfg: Mapping[str, Any], stream: Stream) ->
                 raise _Failed(f"path: {target} already exists and overwrite is off")
             with _send(ctx, client, cfg, req, stream=True) as response:
                 return _save(ctx, client, req, response, target, limit, allowed)
-        except (_MissingField, ValueError) as exc:
+        except (MissingField, ValueError) as exc:
             ctx.reject(record, client.mask(str(exc)))
         except _Failed as exc:
             _reject_failed(ctx, client, record, exc)

@@ -33,7 +33,6 @@ import contextlib
 import hashlib
 import json
 import queue
-import re
 import secrets
 import socket
 import ssl
@@ -60,6 +59,7 @@ from engine.spec import (
     RunContext,
     Stream,
 )
+from nodes.templates import MissingField, RecordTemplate
 from nodes.triggers import event_records
 
 __all__ = [
@@ -81,7 +81,6 @@ __all__ = [
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
 QUEUE_SIZE = 1000  # messages received but not yet turned into jobs (trigger.mqtt)
-_PLACEHOLDER = re.compile(r"\$\{(?:record\.)?([A-Za-z_][A-Za-z0-9_]*)\}")  # as nodes.http
 _NOT_IN_A_LEVEL = ("/", "+", "#", "\x00")
 # CONNACK reasons that the same settings will meet again: never worth a retry
 _REFUSED_LOGIN = {134: "bad user name or password", 135: "not authorized"}
@@ -258,40 +257,25 @@ class _RecordProblem(Exception):
     """Something wrong with one record: it goes to 'error' (or fails the node)."""
 
 
-@dataclass(frozen=True)
-class _Template:
-    """The topic split once into literal text and record field names."""
+def _topic_level(text: str) -> str:
+    """A record value names one topic level, never a way into another part of the tree."""
+    if not text or any(c in text for c in _NOT_IN_A_LEVEL):
+        raise ValueError(f"{text!r} cannot be a topic level (empty, or contains '/', '+', '#')")
+    return text
 
-    parts: tuple[str, ...]  # literal, field, literal, field, ..., literal
 
-    @classmethod
-    def parse(cls, text: str) -> _Template:
-        return cls(tuple(_PLACEHOLDER.split(text)))
-
-    def render(self, record: Mapping[str, Any]) -> str:
-        parts = self.parts
-        if len(parts) == 1:
-            return parts[0]
-        out = [parts[0]]
-        for i in range(1, len(parts), 2):
-            name = parts[i]
-            if name not in record:
-                raise _RecordProblem(f"topic: the record has no field {name!r}")
-            value = record[name]
-            text = "" if value is None else str(value)
-            # a value names one topic level, never a way into another part of the tree
-            if not text or any(c in text for c in _NOT_IN_A_LEVEL):
-                raise _RecordProblem(
-                    f"topic: field {name!r} = {text!r} cannot be a topic level "
-                    "(empty, or contains '/', '+', '#')"
-                )
-            out.append(text)
-            out.append(parts[i + 1])
-        topic = "".join(out)
-        problem = _topic_problem(topic)
-        if problem:
-            raise _RecordProblem(f"topic {topic!r} {problem}")
-        return topic
+def _topic(template: RecordTemplate, record: Mapping[str, Any]) -> str:
+    """The record's topic: fields inserted as single levels, the whole topic checked."""
+    try:
+        topic = template.render(record)
+    except MissingField as exc:
+        raise _RecordProblem(str(exc)) from None
+    except ValueError as exc:  # a value that is no single level
+        raise _RecordProblem(f"topic: {exc}") from None
+    problem = _topic_problem(topic)
+    if problem:
+        raise _RecordProblem(f"topic {topic!r} {problem}")
+    return topic
 
 
 def _json_default(value: Any) -> Any:
@@ -550,7 +534,7 @@ def check_publish(config: Mapping[str, Any]) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     topic = cfg.get("topic")
     if isinstance(topic, str) and topic:
-        literal = "".join(_PLACEHOLDER.split(topic)[0::2])
+        literal = RecordTemplate.parse("topic", topic).literal
         if "+" in literal or "#" in literal:
             problems.append(
                 ConfigProblem("topic", "wildcards '+' and '#' are for subscribing only")
@@ -596,7 +580,7 @@ def _payload_of(cfg: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bytes]:
 
 
 def _publish_stream(ctx: RunContext, cfg: Mapping[str, Any], stream: Stream) -> Iterator[Batch]:
-    template = _Template.parse(str(cfg["topic"]))
+    template = RecordTemplate.parse("topic", str(cfg["topic"]), _topic_level)
     payload_of = _payload_of(cfg)
     qos = int(cfg["qos"])
     retain = bool(cfg["retain"])
@@ -616,7 +600,7 @@ def _publish_stream(ctx: RunContext, cfg: Mapping[str, Any], stream: Stream) -> 
             pending: list[tuple[dict[str, Any], str, paho.MQTTMessageInfo]] = []
             for record in batch:
                 try:
-                    topic = template.render(record)
+                    topic = _topic(template, record)
                     payload = payload_of(record)
                 except _RecordProblem as exc:
                     ctx.reject(record, exc)

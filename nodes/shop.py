@@ -48,17 +48,15 @@ from engine.spec import (
 )
 from nodes.http import (
     _COMMON_PROPS,
-    _PLACEHOLDER,
     _Client,
     _client,
     _Failed,
     _json_default,
-    _MissingField,
     _Request,
     _send,
     _shown_url,
-    _Template,
 )
+from nodes.templates import PLACEHOLDER, MissingField, RecordTemplate
 
 __all__ = [
     "SHOP_PUSH",
@@ -261,7 +259,7 @@ def check_push(config: Mapping[str, Any]) -> list[ConfigProblem]:
             problems.append(ConfigProblem("url", "give the URL that takes the items"))
         elif "://" in cfg["url"] and urlsplit(cfg["url"]).scheme not in ("http", "https"):
             problems.append(ConfigProblem("url", "only http and https URLs are supported"))
-        elif _PLACEHOLDER.search(cfg["url"]):
+        elif PLACEHOLDER.search(cfg["url"]):
             problems.append(
                 ConfigProblem("url", "a batch goes to one URL: record fields cannot be used")
             )
@@ -299,7 +297,7 @@ def check_push(config: Mapping[str, Any]) -> list[ConfigProblem]:
 def _compile(value: Any, where: str) -> Callable[[Mapping[str, Any]], Any]:
     """A function record → the template value, parsed once per run."""
     if isinstance(value, str):
-        whole = _PLACEHOLDER.fullmatch(value)
+        whole = PLACEHOLDER.fullmatch(value)
         if whole:
             name = whole.group(1)
 
@@ -307,10 +305,10 @@ def _compile(value: Any, where: str) -> Callable[[Mapping[str, Any]], Any]:
                 try:
                     return record[name]
                 except KeyError:
-                    raise _MissingField(where, name) from None
+                    raise MissingField(where, name) from None
 
             return field
-        template = _Template.parse(where, value)
+        template = RecordTemplate.parse(where, value)
         return template.render if template.fields else (lambda _r: value)
     if isinstance(value, dict):
         parts = [(k, _compile(v, f"{where}.{k}")) for k, v in value.items()]
@@ -842,7 +840,7 @@ def _push_stream(ctx: RunContext, cfg: Mapping[str, Any], stream: Stream) -> Ite
                 for record in chunk:
                     try:
                         pairs.append((record, pusher.render(record)))
-                    except (_MissingField, TypeError, ValueError) as exc:
+                    except (MissingField, TypeError, ValueError) as exc:
                         pusher.reject(record, str(exc), None)
                 if pairs:
                     number += 1
