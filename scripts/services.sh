@@ -28,6 +28,7 @@ FLOWMILL_TEST_SERVICES=(
   poppler    # pdftotext/pdftoppm read back the PDFs of tests/nodes/test_pdf.py
   dovecot    # /usr/sbin/dovecot: tests/nodes/test_imap.py starts its own on a loopback port
   mosquitto  # 127.0.0.1:1883, anonymous; tests/nodes/test_mqtt.py also starts its own (TLS)
+  curl       # the real HTTP/FTPS client of tests/servers (not on a minimal Debian)
 )
 
 # shellcheck source=scripts/lib.sh
@@ -413,6 +414,24 @@ ensure_mosquitto() {
   fi
   wait_for 15 "mosquitto anonymous login on 127.0.0.1:1883" _mosquitto_try || return 1
   say "mosquitto: ready (127.0.0.1:1883, anonymous)"
+}
+
+# --- curl (a real client for the FTPS and WebDAV servers, tests/servers) -----------------
+
+_curl_try() { have curl && curl --version >/dev/null 2>&1; }
+
+ensure_curl() {
+  if _curl_try; then
+    say "curl: ready ($(command -v curl))"
+    return 0
+  fi
+  say "curl: not installed yet; installing Debian's package"
+  apt_install curl || return 1
+  if ! _curl_try; then
+    warn "curl: installed, yet 'curl --version' fails"
+    return 1
+  fi
+  say "curl: ready ($(command -v curl))"
 }
 
 # Run directly: ensure the services named on the command line (default: all).

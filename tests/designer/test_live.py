@@ -26,6 +26,7 @@ import socketio
 from designer.app import create_app
 from engine.events import NodeProgress
 from engine.service import Flowmill
+from tests.conftest import DEADLINE
 
 PASSWORD = "correct horse battery"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -55,7 +56,7 @@ def _received(client: Any) -> list[dict[str, Any]]:
     return events
 
 
-def _wait_received(client: Any, count: int, seconds: float = 5.0) -> list[dict[str, Any]]:
+def _wait_received(client: Any, count: int, seconds: float = DEADLINE) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + seconds
     while len(events) < count and time.monotonic() < deadline:
@@ -197,7 +198,7 @@ class Listener:
     def events(self) -> list[dict[str, Any]]:
         return sorted(self.received, key=lambda e: e["seq"])
 
-    def wait_for(self, predicate: Any, seconds: float = 10.0) -> list[dict[str, Any]]:
+    def wait_for(self, predicate: Any, seconds: float = DEADLINE) -> list[dict[str, Any]]:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             found = [e for e in self.events if predicate(e)]

@@ -37,6 +37,9 @@ CHROMIUM_ARGS = [
 PASSWORD = "correct horse battery"
 ROLES = ("admin", "editor", "operator", "viewer")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# Every wait of a page (clicks, navigation, expect) may take this long before it fails: a
+# busy CI machine renders slowly, and a wait returns as soon as its condition holds.
+PAGE_DEADLINE_MS = 60_000
 
 
 def free_port() -> int:
@@ -131,8 +134,9 @@ def browser() -> Iterator[Any]:
         if IN_CI:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=PAGE_DEADLINE_MS)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -156,6 +160,7 @@ def login_as(browser: Any, server: Server) -> Iterator[Any]:
 
     def login(user: str) -> Any:
         context = browser.new_context(viewport={"width": 1400, "height": 900})
+        context.set_default_timeout(PAGE_DEADLINE_MS)
         contexts.append(context)
         page = context.new_page()
         page.errors = []

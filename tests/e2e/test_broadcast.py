@@ -22,6 +22,6 @@ def test_a_broadcast_shows_on_an_open_dashboard(server: Any, login_as: Any) -> N
     }
     assert editor.post(f"{server.url}/api/flows", json={"flow": flow}).status_code == 201
     assert editor.post(f"{server.url}/api/flows/tell-everyone/run", json={}).status_code == 201
-    notice = page.wait_for_selector(".toast.broadcast.ok", timeout=30_000)
+    notice = page.wait_for_selector(".toast.broadcast.ok")
     assert "Umsätze aktualisiert" in notice.inner_text()
     assert not page.errors

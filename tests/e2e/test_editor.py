@@ -94,7 +94,7 @@ def add_map_entry(page: Page, field: str, key: str, value: str) -> None:
 
 
 def wait_valid(page: Page) -> None:
-    expect(page.locator("#validity")).to_have_class(re.compile(r"\bvalid\b"), timeout=10_000)
+    expect(page.locator("#validity")).to_have_class(re.compile(r"\bvalid\b"))
 
 
 def test_editor_builds_wires_validates_saves_runs_and_inspects_a_flow(
@@ -145,7 +145,7 @@ def test_editor_builds_wires_validates_saves_runs_and_inspects_a_flow(
 
     # a wire back from sql.write to file.read closes a cycle: every node on it is marked
     wire(page, write, read)
-    expect(page.locator(".drawflow-node.in-cycle")).to_have_count(3, timeout=10_000)
+    expect(page.locator(".drawflow-node.in-cycle")).to_have_count(3)
     for node_id in (read, mapper, write):
         expect(node(page, node_id)).to_have_class(re.compile("in-cycle"))
         expect(node(page, node_id).locator(".fm-card-issue")).to_contain_text("cycle:")
@@ -158,7 +158,7 @@ def test_editor_builds_wires_validates_saves_runs_and_inspects_a_flow(
     deselect(page)
     page.keyboard.press("Control+z")
     expect(page.locator("#canvas .connection")).to_have_count(3)
-    expect(page.locator(".drawflow-node.in-cycle")).to_have_count(0, timeout=10_000)
+    expect(page.locator(".drawflow-node.in-cycle")).to_have_count(0)
     wait_valid(page)
 
     # save: a new flow is created and the URL names it
@@ -202,9 +202,9 @@ def test_editor_builds_wires_validates_saves_runs_and_inspects_a_flow(
     expect(page.locator("#run-dialog")).to_be_visible()
     expect(page.locator('#run-params [data-param="path"]')).to_have_value(str(csv))
     page.click("#run-start")
-    expect(page.locator("#run-state")).to_have_attribute("data-state", "succeeded", timeout=30_000)
+    expect(page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
     for node_id in (manual, read, mapper, write):
-        expect(node(page, node_id)).to_have_class(re.compile("state-succeeded"), timeout=10_000)
+        expect(node(page, node_id)).to_have_class(re.compile("state-succeeded"))
     rows = len(CSV_ROWS)
     expect(node(page, read).locator(".node-counts")).to_have_attribute("data-out", str(rows))
     expect(node(page, mapper).locator(".node-counts")).to_have_text(f"in {rows} · out {rows}")
@@ -235,7 +235,7 @@ def test_editor_builds_wires_validates_saves_runs_and_inspects_a_flow(
     page.click("#btn-save")
     expect(page.locator("#dirty-indicator")).to_be_hidden()
     notice = other.locator("#flow-saved-notice")
-    expect(notice).to_be_visible(timeout=10_000)
+    expect(notice).to_be_visible()
     expect(notice).to_contain_text("saved by editor")
     other.screenshot(path=str(screenshots / "editor-saved-notice.png"))
     page.wait_for_timeout(1000)  # the save's live event has reached our page by now

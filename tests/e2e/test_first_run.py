@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import Quickstart, quickstart
+from tests.e2e.conftest import PAGE_DEADLINE_MS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +34,7 @@ def test_a_new_user_runs_sales_import_within_a_minute(
     url, password = started.url, started.password
     began = time.monotonic()
     context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(PAGE_DEADLINE_MS)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -45,7 +47,7 @@ def test_a_new_user_runs_sales_import_within_a_minute(
     # the scheduled samples with their next run times
     page.click("#tab-schedules")
     rows = page.locator("#schedules tbody tr")
-    expect(rows.filter(has_text="nightly-prices")).to_have_count(1, timeout=15_000)
+    expect(rows.filter(has_text="nightly-prices")).to_have_count(1)
     expect(rows.filter(has_text="nightly-prices")).to_contain_text("02:00")
     expect(rows.filter(has_text="order-status-report")).to_have_count(1)
     page.screenshot(path=str(screenshots / "first-run-schedules.png"))
@@ -59,7 +61,7 @@ def test_a_new_user_runs_sales_import_within_a_minute(
     page.click("#btn-run")
     expect(page.locator("#run-dialog")).to_be_visible()
     page.click("#run-start")
-    expect(page.locator("#run-state")).to_have_attribute("data-state", "succeeded", timeout=30_000)
+    expect(page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
     expect(page.locator(".drawflow-node.state-succeeded")).not_to_have_count(0)
     page.screenshot(path=str(screenshots / "first-run-editor.png"))
     assert time.monotonic() - began < 60
@@ -67,7 +69,7 @@ def test_a_new_user_runs_sales_import_within_a_minute(
     # the dashboard shows the job that ran
     page.goto(f"{url}/dashboard")
     job = page.locator("#jobs-table tr[data-job-id]").filter(has_text="sales-import")
-    expect(job.first).to_contain_text("succeeded", timeout=10_000)
+    expect(job.first).to_contain_text("succeeded")
     page.screenshot(path=str(screenshots / "first-run-dashboard.png"))
     assert errors == []
     context.close()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.e2e.conftest import PAGE_DEADLINE_MS
+
 
 def test_pages_redirect_to_login_and_wrong_password_is_refused(browser: Any, server: Any) -> None:
     context = browser.new_context()
+    context.set_default_timeout(PAGE_DEADLINE_MS)
     page = context.new_page()
     page.goto(f"{server.url}/editor")
     assert page.url.startswith(f"{server.url}/login?next=/editor")

@@ -18,13 +18,17 @@ from engine.batchserver import BatchServer
 from engine.flow import write_flow
 from engine.jobs import Job
 from engine.service import Flowmill
+from tests.conftest import DEADLINE, wait_until
 
+# Quick polls, but heartbeat and lease timeouts far beyond any stall of a busy machine: a
+# worker or a server that is merely slow must never be taken for lost in these tests (the
+# reliability tests and tests/engine/test_jobs.py cover loss, with clocks of their own).
 FAST = """
 [scheduler]
 max_running = {max_running}
 heartbeat_interval = 0.2
-heartbeat_timeout = 3
-lease_timeout = 5
+heartbeat_timeout = 120
+lease_timeout = 120
 poll_interval = 0.05
 kill_grace = 1.5
 stop_grace = 10
@@ -70,18 +74,13 @@ class Running:
         self.thread = threading.Thread(target=self.server.serve, daemon=True)
         self.thread.start()
 
-    def wait_for(self, check: Callable[[], bool], seconds: float = 30) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"condition not met within {seconds} s")
+    def wait_for(self, check: Callable[[], Any], seconds: float = DEADLINE) -> Any:
+        return wait_until(check, seconds, interval=0.05)
 
     def job(self, job_id: int) -> Job:
         return self.app.jobs.get(job_id)
 
-    def wait_state(self, job_id: int, *states: str, seconds: float = 30) -> Job:
+    def wait_state(self, job_id: int, *states: str, seconds: float = DEADLINE) -> Job:
         self.wait_for(lambda: self.job(job_id).state in states, seconds)
         return self.job(job_id)
 
@@ -112,29 +111,41 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         app.close()
 
 
+def most_at_once(jobs: list[Job]) -> int:
+    """The most jobs that ran at the same time, from their stored start and finish times."""
+    edges = sorted(
+        [(j.started_at, 1) for j in jobs] + [(j.finished_at, -1) for j in jobs],
+        key=lambda edge: (edge[0], edge[1]),  # a finish before a start at the same instant
+    )
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
 def test_concurrency_limit_is_never_exceeded_and_all_jobs_succeed(make_server, tmp_path):
     srv = make_server(max_running=2)
-    flow = delay_flow(tmp_path, 0.6)
+    # both workers must be up before the real jobs, or one worker may run them all
+    warmups = [srv.app.submit(str(delay_flow(tmp_path, 2.0, "warm"))).id for _ in range(2)]
+    srv.wait_for(lambda: all(srv.job(i).state == "running" for i in warmups))
+    flow = delay_flow(tmp_path, 1.0)
     ids = [srv.app.submit(str(flow)).id for _ in range(6)]
-    peak = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        states = [srv.job(i).state for i in ids]
-        peak = max(peak, states.count("running"))
-        if all(s == "succeeded" for s in states):
-            break
-        time.sleep(0.05)
-    assert [srv.job(i).state for i in ids] == ["succeeded"] * 6
-    assert peak == 2
+    jobs = [srv.wait_state(i, "succeeded", "failed") for i in [*warmups, *ids]]
+    assert [j.state for j in jobs] == ["succeeded"] * 8
+    assert most_at_once(jobs) == 2
 
 
 def test_high_priority_job_submitted_last_starts_first(make_server, tmp_path):
     srv = make_server(max_running=2)
-    blockers = [srv.app.submit(str(delay_flow(tmp_path, 1.0, "block"))).id for _ in range(2)]
+    # the blockers hold both slots until every job is queued, however slow the machine
+    blockers = [srv.app.submit(str(delay_flow(tmp_path, 600, "block"))).id for _ in range(2)]
     srv.wait_for(lambda: all(srv.job(i).state == "running" for i in blockers))
     quick = delay_flow(tmp_path, 0.0, "quick")
     low = [srv.app.submit(str(quick), priority=0).id for _ in range(20)]
     high = srv.app.submit(str(quick), priority=10).id
+    for job_id in blockers:
+        srv.app.jobs.request_kill(job_id)
     srv.wait_state(high, "succeeded")
     for job_id in low:
         srv.wait_state(job_id, "succeeded")
@@ -142,31 +153,23 @@ def test_high_priority_job_submitted_last_starts_first(make_server, tmp_path):
     assert all(high_start < srv.job(i).started_at for i in low)
 
 
-def test_due_job_starts_within_50_ms_when_a_slot_is_free(make_server, tmp_path):
-    srv = make_server(max_running=2)
-    flow = delay_flow(tmp_path, 0.0, "quick")
-    srv.app.submit(str(flow))  # warm the workers up
-    time.sleep(1.0)
-    delays = []
-    for _ in range(10):
-        job = srv.app.submit(str(flow))
-        done = srv.wait_state(job.id, "succeeded")
-        delays.append((done.started_at - done.submitted_at).total_seconds())
-    delays.sort()
-    assert delays[len(delays) // 2] < 0.05, delays
+# How soon a due job starts on a free worker is speed, measured by bench/jobs.py
+# ("start delay"), not asserted here.
 
 
 def test_job_not_started_within_max_delay_expires(make_server, tmp_path):
     from datetime import timedelta
 
     srv = make_server(max_running=1)
-    blocker = srv.app.submit(str(delay_flow(tmp_path, 1.5, "block"))).id
+    blocker = srv.app.submit(str(delay_flow(tmp_path, 600, "block"))).id
     srv.wait_state(blocker, "running")
     late = srv.app.submit(str(delay_flow(tmp_path, 0, "quick")), max_delay=timedelta(seconds=0.5))
     assert srv.wait_state(late.id, "expired", "succeeded").state == "expired"
-    assert srv.wait_state(blocker, "succeeded").state == "succeeded"
-    time.sleep(0.3)
-    assert srv.job(late.id).started_at is None
+    srv.app.jobs.request_kill(blocker)  # the slot is free now, and the expired job stays so
+    assert srv.wait_state(blocker, "cancelled").state == "cancelled"
+    after = srv.app.submit(str(delay_flow(tmp_path, 0, "quick")))
+    assert srv.wait_state(after.id, "succeeded").state == "succeeded"
+    assert srv.job(late.id).state == "expired" and srv.job(late.id).started_at is None
 
 
 def test_group_runs_in_order_and_a_failure_aborts_the_rest(make_server, tmp_path):
@@ -184,15 +187,18 @@ def test_group_runs_in_order_and_a_failure_aborts_the_rest(make_server, tmp_path
 
 def test_hold_edit_resume_and_cancel(make_server, tmp_path):
     srv = make_server(max_running=1)
-    blocker = srv.app.submit(str(delay_flow(tmp_path, 1.0, "block"))).id
+    blocker = srv.app.submit(str(delay_flow(tmp_path, 600, "block"))).id
     srv.wait_state(blocker, "running")
     job = srv.app.submit(str(delay_flow(tmp_path, 5.0)))
     other = srv.app.submit(str(delay_flow(tmp_path, 5.0)))
     srv.app.jobs.hold(job.id)
     srv.app.set_job_params(job.id, {"seconds": "0.1"})
     srv.app.jobs.cancel(other.id)
-    srv.wait_state(blocker, "succeeded")
-    time.sleep(0.5)
+    srv.app.jobs.request_kill(blocker)
+    srv.wait_state(blocker, "cancelled")
+    # a job queued after the held one runs while the held one waits
+    behind = srv.app.submit(str(delay_flow(tmp_path, 0, "quick")))
+    srv.wait_state(behind.id, "succeeded")
     assert srv.job(job.id).state == "held"  # a held job never starts
     srv.app.jobs.resume(job.id)
     done = srv.wait_state(job.id, "succeeded")
@@ -208,7 +214,7 @@ def test_kill_of_a_running_job_stops_it_cooperatively(make_server, tmp_path):
     srv.wait_state(job.id, "running")
     time.sleep(0.5)
     srv.app.jobs.request_kill(job.id)
-    killed = srv.wait_state(job.id, "cancelled", seconds=10)
+    killed = srv.wait_state(job.id, "cancelled")
     assert killed.finished_at - killed.started_at < __import__("datetime").timedelta(seconds=10)
     # the worker is free again
     after = srv.app.submit(str(delay_flow(tmp_path, 0, "quick")))
@@ -246,7 +252,7 @@ def test_kill_of_a_blocked_sql_write_terminates_the_worker_and_leaves_zero_rows(
         srv.wait_state(job.id, "running")
         srv.wait_for(lambda: _waiting_on_lock(engine), seconds=30)
         srv.app.jobs.request_kill(job.id)
-        killed = srv.wait_state(job.id, "cancelled", seconds=20)
+        killed = srv.wait_state(job.id, "cancelled")
         assert "grace period" in killed.error
     finally:
         blocker_tx.rollback()
@@ -270,12 +276,12 @@ def _waiting_on_lock(engine: sa.Engine) -> bool:
 
 def test_kill_minus_9_of_a_worker_fails_the_attempt_and_the_retry_succeeds(make_server, tmp_path):
     srv = make_server(max_running=1)
-    job = srv.app.submit(str(delay_flow(tmp_path, 3.0)), max_attempts=2)
+    job = srv.app.submit(str(delay_flow(tmp_path, 8.0)), max_attempts=2)
     srv.wait_state(job.id, "running")
-    time.sleep(0.5)
+    srv.wait_for(lambda: srv.server.pool.busy())
     pid = next(iter(srv.server.pool.busy().values())).process.pid
     os.kill(pid, signal.SIGKILL)
-    done = srv.wait_state(job.id, "succeeded", "failed", seconds=30)
+    done = srv.wait_state(job.id, "succeeded", "failed")
     assert (done.state, done.attempts) == ("succeeded", 2)
     log = "\n".join(srv.app.job_log(job.id))
     assert "worker process died" in log
@@ -294,7 +300,8 @@ def test_request_files_become_jobs_or_are_rejected_with_a_reason(make_server, tm
     (requests / "bad-json.json").write_text('{"flow": ')
     os.utime(requests / "bad-json.json", (time.time() - 60, time.time() - 60))
     srv.wait_for(lambda: len(list((requests / "rejected").glob("*.reason.txt"))) == 3)
-    accepted = list((requests / "accepted").glob("ok.job-*.json"))
+    # the folder is scanned in name order, and a scan may end between two files
+    accepted = srv.wait_for(lambda: list((requests / "accepted").glob("ok.job-*.json")))
     assert len(accepted) == 1
     job_id = int(accepted[0].name.split("job-")[1].split(".")[0])
     job = srv.wait_state(job_id, "succeeded")
@@ -314,7 +321,7 @@ def test_kill_file_cancels_running_jobs_and_stop_file_stops_the_server(make_serv
     control = srv.app.settings.data_dir / "control"
     (control / "kill").touch()
     (control / "stop").touch()
-    srv.thread.join(30)
+    srv.thread.join(DEADLINE)
     assert not srv.thread.is_alive()
     assert [srv.job(i).state for i in ids] == ["cancelled", "cancelled"]
     assert not (control / "kill").exists() and not (control / "stop").exists()
@@ -352,8 +359,9 @@ def test_flows_folder_flow_with_a_schedule_trigger_runs_by_itself(make_server, t
 
     srv.wait_for(lambda: len(ticks()) >= 2, seconds=30)
     assert {j.schedule for j in ticks()} == {"flow:tick:every-second"}
-    srv.app.flows.set_enabled("tick", False)  # disarmed within a couple of seconds
-    time.sleep(3)
+    srv.app.flows.set_enabled("tick", False)
+    # the server disarms it on its next look at the flows (its own thread, before any fire)
+    srv.wait_for(lambda: "flow:tick:every-second" not in {s.name for s in srv.app.schedules.list()})
     settled = len(srv.app.jobs.list(flow_id="tick"))
     time.sleep(2.5)
     assert len(srv.app.jobs.list(flow_id="tick")) == settled

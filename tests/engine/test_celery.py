@@ -29,6 +29,7 @@ from engine.celery_executor import TASK_NAME, CeleryDispatcher, create_app
 from engine.flow import write_flow
 from engine.jobs import Job
 from engine.service import Flowmill
+from tests.conftest import DEADLINE, wait_until
 
 REDIS_URL = os.environ.get("FLOWMILL_TEST_REDIS", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -50,13 +51,7 @@ broker = "{broker}"
 
 
 def wait_for(check: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {seconds} s")
+    return wait_until(check, seconds, what, interval=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +92,7 @@ class Worker:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self) -> None:
-        wait_for(lambda: " ready." in self.log() or self.proc.poll() is not None, 30, "worker")
+        wait_for(lambda: " ready." in self.log() or self.proc.poll() is not None, DEADLINE, "ready")
         assert self.proc.poll() is None, self.log()
 
     def pool_pids(self) -> list[int]:
@@ -132,7 +127,7 @@ class Setup:
     def job(self, job_id: int) -> Job:
         return self.app.jobs.get(job_id)
 
-    def wait_job(self, job_id: int, check: Callable[[Job], bool], seconds: float = 20) -> Job:
+    def wait_job(self, job_id: int, check: Callable[[Job], bool], seconds: float = DEADLINE) -> Job:
         wait_for(lambda: check(self.job(job_id)), seconds, f"job {job_id}: {self.job(job_id)}")
         return self.job(job_id)
 
@@ -285,7 +280,7 @@ def _kill_pool_process_running(setup: Setup, job_id: int) -> int:
 def test_a_job_runs_through_a_real_celery_worker_and_succeeds(celery_setup: Setup) -> None:
     s = celery_setup
     job = s.app.submit(str(delay_flow(s.tmp)), {"seconds": "0.3"})
-    done = s.wait_job(job.id, lambda j: j.state in ("succeeded", "failed"), seconds=30)
+    done = s.wait_job(job.id, lambda j: j.state in ("succeeded", "failed"))
     assert done.state == "succeeded", done
     assert (done.attempts, done.deliveries) == (1, 1)
     assert re.fullmatch(r"celery:.+#1", done.worker or "")
@@ -296,7 +291,7 @@ def test_a_job_runs_through_a_real_celery_worker_and_succeeds(celery_setup: Setu
     assert "delivery 1 on celery worker" in log and "succeeded" in log
     pid = s.delivery_pids(job.id)[0]
     assert pid in s.worker.pool_pids()  # it ran in the worker's pool, not in the server
-    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), 5, "ack")
+    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), DEADLINE, "ack")
 
 
 def test_worker_killed_mid_job_is_redelivered_once_without_duplicate_side_effects(
@@ -307,9 +302,9 @@ def test_worker_killed_mid_job_is_redelivered_once_without_duplicate_side_effect
     with sqlite3.connect(database) as conn:
         conn.execute("CREATE TABLE marks (n INTEGER PRIMARY KEY)")
     job = s.app.submit(str(marks_flow(s.tmp, database)), {"n": "7"}, max_attempts=2)
-    s.wait_job(job.id, lambda j: j.state == "running" and j.deliveries == 1, seconds=30)
+    s.wait_job(job.id, lambda j: j.state == "running" and j.deliveries == 1)
     # the first delivery has inserted n = 7 and waits, its transaction open
-    wait_for(lambda: _write_in_flight(database), 10, "first delivery writing")
+    wait_for(lambda: _write_in_flight(database), DEADLINE, "first delivery writing")
     first = s.job(job.id)
     killed = _kill_pool_process_running(s, job.id)
 
@@ -329,7 +324,7 @@ def test_worker_killed_mid_job_is_redelivered_once_without_duplicate_side_effect
     assert s.app.store.get_run(done.run_id or "").state == "succeeded"  # type: ignore[union-attr]
     log = "\n".join(s.app.job_log(job.id))
     assert log.count("redelivered") == 1
-    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), 5, "ack")
+    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), DEADLINE, "ack")
 
 
 def test_a_message_for_a_finished_job_is_a_stale_hint_and_does_nothing(
@@ -338,7 +333,7 @@ def test_a_message_for_a_finished_job_is_a_stale_hint_and_does_nothing(
     s = celery_setup
     flow = delay_flow(s.tmp)
     job = s.app.submit(str(flow), {"seconds": "0"})
-    before = s.wait_job(job.id, lambda j: j.state == "succeeded", seconds=30)
+    before = s.wait_job(job.id, lambda j: j.state == "succeeded")
     log_before = s.app.jobs.log(job.id)
     runs_before = len(s.app.store.list_runs(limit=100))
     token = (before.worker or "").split("#")[0]
@@ -353,13 +348,13 @@ def test_a_message_for_a_finished_job_is_a_stale_hint_and_does_nothing(
         celery.close()
     # one pool process takes messages in order: once this job is done, so are the hints
     after = s.app.submit(str(flow), {"seconds": "0"})
-    s.wait_job(after.id, lambda j: j.state == "succeeded", seconds=30)
+    s.wait_job(after.id, lambda j: j.state == "succeeded")
 
     assert s.job(job.id) == before
     assert s.app.jobs.log(job.id) == log_before
     assert len(s.app.store.list_runs(limit=100)) == runs_before + 1  # only the new job's
-    wait_for(lambda: s.worker.log().count("stale, not run") == 3, 5, "stale hints in log")
-    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), 5, "acks")
+    wait_for(lambda: s.worker.log().count("stale, not run") == 3, DEADLINE, "stale hints in log")
+    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), DEADLINE, "acks")
 
 
 def test_a_job_redelivered_more_often_than_max_attempts_becomes_dead_letter(
@@ -367,34 +362,34 @@ def test_a_job_redelivered_more_often_than_max_attempts_becomes_dead_letter(
 ) -> None:
     s = celery_setup
     job = s.app.submit(str(delay_flow(s.tmp)), {"seconds": "30"}, max_attempts=1)
-    s.wait_job(job.id, lambda j: j.state == "running" and j.deliveries == 1, seconds=30)
+    s.wait_job(job.id, lambda j: j.state == "running" and j.deliveries == 1)
     _kill_pool_process_running(s, job.id)
 
-    done = s.wait_job(job.id, lambda j: j.state != "running", seconds=30)
+    done = s.wait_job(job.id, lambda j: j.state != "running")
     assert done.state == "dead_letter", done
     assert done.error == "dead letter: delivered 2 times"
     assert done.deliveries == 2 and done.finished_at is not None
     assert len(s.delivery_pids(job.id)) == 1  # it never ran a second time
-    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), 5, "ack")
+    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), DEADLINE, "ack")
     time.sleep(0.5)  # the server's sweeps leave a dead letter alone
     assert s.job(job.id).state == "dead_letter"
     # an operator can queue it again, with the delivery count starting from zero
     again = s.app.jobs.retry(job.id)
     assert (again.state, again.deliveries) == ("queued", 0)
     s.app.jobs.request_kill(job.id)
-    s.wait_job(job.id, lambda j: j.state == "cancelled", seconds=10)
+    s.wait_job(job.id, lambda j: j.state == "cancelled")
 
 
 def test_kill_request_reaches_the_job_on_its_celery_worker(celery_setup: Setup) -> None:
     s = celery_setup
     job = s.app.submit(str(delay_flow(s.tmp)), {"seconds": "60"})
-    s.wait_job(job.id, lambda j: j.state == "running" and j.deliveries == 1, seconds=30)
+    s.wait_job(job.id, lambda j: j.state == "running" and j.deliveries == 1)
     s.app.jobs.request_kill(job.id)
-    done = s.wait_job(job.id, lambda j: j.state != "running", seconds=10)
+    done = s.wait_job(job.id, lambda j: j.state != "running")
     assert done.state == "cancelled", done
     assert "grace period" not in (done.error or "")  # stopped by itself, not revoked
     assert s.worker.proc.poll() is None
-    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), 5, "ack")
+    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), DEADLINE, "ack")
 
 
 def test_a_job_that_ignores_the_kill_is_revoked_after_the_grace_period(
@@ -426,18 +421,18 @@ def test_a_job_that_ignores_the_kill_is_revoked_after_the_grace_period(
     blocker.execute("BEGIN IMMEDIATE")  # the job's insert waits here, deaf to a cancel
     try:
         job = s.app.submit(str(s.tmp / "stuck.flow.json"))
-        s.wait_job(job.id, lambda j: j.state == "running" and j.deliveries == 1, seconds=30)
+        s.wait_job(job.id, lambda j: j.state == "running" and j.deliveries == 1)
         time.sleep(0.5)
         pid = s.delivery_pids(job.id)[0]
         s.app.jobs.request_kill(job.id)
-        done = s.wait_job(job.id, lambda j: j.state != "running", seconds=15)
+        done = s.wait_job(job.id, lambda j: j.state != "running")
         assert done.state == "cancelled", done
         assert "grace period" in (done.error or "")
-        wait_for(lambda: not psutil.pid_exists(pid), 10, "revoked pool process gone")
+        wait_for(lambda: not psutil.pid_exists(pid), DEADLINE, "revoked pool process gone")
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), 10, "ack")
+    wait_for(lambda: _broker_idle(s.app.settings.broker_url or "", s.queue), DEADLINE, "ack")
     time.sleep(0.5)  # a requeued message of the revoked task must not run it again
     assert s.job(job.id) == done
     with sqlite3.connect(database) as conn:

@@ -14,6 +14,7 @@ from typing import Any
 from engine.eventlink import MAX_DATAGRAM, EventReceiver, EventSender, encode_event, socket_path
 from engine.events import LogEmitted, NodeFinished, NodeProgress
 from engine.service import Flowmill
+from tests.conftest import DEADLINE
 
 
 def _collect(path: Path) -> tuple[EventReceiver, list[dict[str, Any]], threading.Event]:
@@ -44,7 +45,7 @@ def test_events_of_another_process_arrive_complete_and_in_order(data_dir: Path) 
             "app.close()\n"
         )
         subprocess.run([sys.executable, "-c", code, str(data_dir)], check=True, timeout=60)
-        assert enough.wait(10)
+        assert enough.wait(DEADLINE)
     finally:
         receiver.stop()
     records = [e["records"] for e in got if e["event"] == "NodeProgress"]
@@ -72,7 +73,7 @@ def test_a_listener_that_appears_later_gets_the_events_after_the_retry_pause(
         time.sleep(1.1)
         for i in range(1000):
             sender(NodeProgress(run_id="r", node_id="n", records=i))
-        assert enough.wait(10)
+        assert enough.wait(DEADLINE)
     finally:
         receiver.stop()
         sender.close()

@@ -39,6 +39,7 @@ from engine.workers import run_job
 from nodes.imap import check_trigger, parse_message, safe_file_name, try_connection
 from nodes.mail import try_smtp_connection
 from servers.tls import certificate
+from tests.conftest import DEADLINE
 
 PDF = b"%PDF-1.4\n% invoice \x00\xff\x10\n" + os.urandom(2048) + b"\n%%EOF\n"
 DOVECOT = "/usr/sbin/dovecot"
@@ -60,7 +61,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(check: Callable[[], Any], seconds: float = 15, what: str = "condition") -> Any:
+def wait_until(check: Callable[[], Any], seconds: float = DEADLINE, what: str = "condition") -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = check()
@@ -286,7 +287,7 @@ class Listening:
 
     def wait_ready(self, flow_id: str) -> None:
         ctx = self.ctx(flow_id)
-        assert ctx.ready.wait(15), f"listener not ready: {ctx.last_error}"
+        assert ctx.ready.wait(DEADLINE), f"listener not ready: {ctx.last_error}"
 
     def run_jobs(self, count: int) -> list[str]:
         wait_until(lambda: len(self.app.jobs.list()) >= count, what=f"{count} job(s)")

@@ -45,7 +45,7 @@ from nodes.mqtt import (
     filter_problem,
     test_connection,
 )
-from tests.conftest import run_queued, service_missing, wait_until
+from tests.conftest import DEADLINE, run_queued, service_missing, wait_until
 
 PLAIN = {"host": "127.0.0.1", "port": 1883}
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -101,9 +101,9 @@ class Subscriber:
         )
         self.client.connect(settings["host"], settings["port"])
         self.client.loop_start()
-        assert subscribed.wait(10), "the test subscriber could not subscribe"
+        assert subscribed.wait(DEADLINE), "the test subscriber could not subscribe"
 
-    def take(self, n: int, seconds: float = 10.0) -> list[Received]:
+    def take(self, n: int, seconds: float = DEADLINE) -> list[Received]:
         return [self.messages.get(timeout=seconds) for _ in range(n)]
 
     def nothing_more(self, seconds: float = 0.3) -> bool:
@@ -498,7 +498,7 @@ def _listening(host: ListenerHost) -> Any:
     host.refresh()
     ctx = host.context("plant-events", "heard")
     assert ctx is not None, "no listener started for the trigger"
-    if not ctx.ready.wait(10):
+    if not ctx.ready.wait(DEADLINE):
         pytest.fail(f"the listener did not subscribe: {ctx.last_error}")
     return ctx
 
@@ -606,7 +606,7 @@ def test_the_listener_reconnects_after_the_broker_restarts(
             broker.stop()
             wait_until(lambda: not ctx.ready.is_set())
             broker.start()  # same port, no session kept: the listener must subscribe again
-            assert ctx.ready.wait(20), "the listener did not come back"
+            assert ctx.ready.wait(DEADLINE), "the listener did not come back"
             _send(settings, f"{base}/orders", b'{"order": 1}')
             wait_until(lambda: ctx.fired >= 1)
             (job,) = app.jobs.list()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import subprocess
 from datetime import date
 from decimal import Decimal
@@ -21,10 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "build" / "screenshots"
 NAMES = ["Müller GmbH", "Größe & Söhne KG", "Bäckerei Weiß", "Jürgen Öztürk"]
 
-needs_poppler = pytest.mark.skipif(
-    shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
-    reason="poppler-utils missing (scripts/services.sh poppler installs it)",
-)
+needs_poppler = pytest.mark.usefixtures("poppler")
 
 
 def _records(n: int) -> list[dict]:

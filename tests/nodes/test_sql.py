@@ -25,6 +25,7 @@ from engine.errors import NodeError, RunCancelled
 from engine.spec import NodeLogger, NodeSpec, RunContext
 from engine.testing import run_node
 from nodes.sql import NODES, SQL_EXECUTE, SQL_READ, SQL_WRITE
+from tests.conftest import DEADLINE
 
 WRITE_NODE_ID = "sql-write-test"  # the id engine.testing.run_node gives the node
 
@@ -98,7 +99,7 @@ def start(spec: NodeSpec, ctx: RunContext, config: dict[str, Any], inputs: Any =
     return spec.run(ctx, spec.with_defaults(config), inputs or {})["out"]
 
 
-def wait_until(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+def wait_until(check: Callable[[], bool], seconds: float = DEADLINE) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if check():

@@ -19,6 +19,7 @@ from engine.listeners import ListenContext, ListenerHost
 from engine.service import Flowmill
 from engine.workers import run_job
 from nodes.tcp import check_tcp, unescape, unescape_text
+from tests.conftest import DEADLINE
 
 FLOW_ID, NODE_ID = "ticker", "tcp"
 
@@ -56,7 +57,7 @@ class Ticker:
         self.host.refresh()
         ctx = self.host.context(FLOW_ID, NODE_ID)
         assert ctx is not None
-        assert ctx.ready.wait(10), ctx.last_error
+        assert ctx.ready.wait(DEADLINE), ctx.last_error
         return ctx
 
     def connect(self) -> socket.socket:
@@ -104,7 +105,7 @@ def read_lines(sock: socket.socket, n: int, timeout: float = 10) -> list[str]:
     return data.decode().splitlines()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10) -> None:
+def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -379,7 +380,7 @@ def test_a_port_in_use_is_named_and_retried(ticker: Ticker, app: Flowmill) -> No
     assert f"cannot listen on 127.0.0.1:{port}" in ctx.last_error
     assert any(f"127.0.0.1:{port}" in line and "again in" in line for line in ticker.log)
     blocker.close()
-    assert ctx.ready.wait(10)  # the host tried again after its back-off
+    assert ctx.ready.wait(DEADLINE)  # the host tried again after its back-off
     ticker.send(b"now it listens\n")
     assert ticker.records(1)[0]["message"] == "now it listens"
 
@@ -428,7 +429,7 @@ def test_port_and_host_may_come_from_params(app: Flowmill) -> None:
     try:
         host.refresh()
         ctx = host.context(FLOW_ID, NODE_ID)
-        assert ctx is not None and ctx.ready.wait(10), ctx and ctx.last_error
+        assert ctx is not None and ctx.ready.wait(DEADLINE), ctx and ctx.last_error
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"hello\n")
             assert read_lines(sock, 1) == ["ACK"]

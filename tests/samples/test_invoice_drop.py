@@ -7,7 +7,6 @@ demo ERP, the journal through pdftotext.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,17 +21,13 @@ import sqlalchemy as sa
 
 from designer.demodata import accounts, bookings
 from servers.fileservers import FileServers
-from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "build" / "screenshots"
 USER, PASSWORD = "buchhaltung", "Belege hochladen 2026"
 HEADER = "Rechnungsnr;Datum;Lieferant;Konto;Text;Netto;Steuersatz"
 
-pytestmark = pytest.mark.skipif(
-    not IN_CI and shutil.which("pdftotext") is None,
-    reason="poppler-utils missing (scripts/services.sh poppler installs it)",
-)
+pytestmark = pytest.mark.usefixtures("poppler")
 
 
 @dataclass

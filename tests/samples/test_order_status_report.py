@@ -9,7 +9,6 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -25,16 +24,11 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.conftest import IN_CI
-
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "build" / "screenshots"
 PASSWORD = "Sehr-geheim-4711!"
 
-pytestmark = pytest.mark.skipif(
-    not IN_CI and (shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None),
-    reason="poppler-utils missing (scripts/services.sh poppler installs it)",
-)
+pytestmark = pytest.mark.usefixtures("poppler")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from engine.events import CustomEvent
 from servers.dispatch import DropDispatcher
 from servers.drops import DropQueue, drop_home
 from servers.ftps import FtpsServer
+from tests.conftest import DEADLINE
 
 from .conftest import Demo
 
@@ -170,7 +171,7 @@ def _ftps_upload(server: FtpsServer, data_dir: Path, name: str, payload: bytes) 
     ftp.quit()
 
 
-def _wait(condition: Any, seconds: float = 15) -> None:
+def _wait(condition: Any, seconds: float = DEADLINE) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out"

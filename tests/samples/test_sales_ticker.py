@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from designer.demodata import articles, sales
 from engine.events import CustomEvent
 from engine.listeners import ListenerHost
+from tests.conftest import DEADLINE
 
 from .conftest import SAMPLES, Demo
 
@@ -42,7 +43,7 @@ def ticker(demo: Demo) -> Iterator[int]:
     host = ListenerHost(demo.app)
     host.refresh()
     ctx = host.context(FLOW, NODE)
-    assert ctx is not None and ctx.ready.wait(10), ctx and ctx.last_error
+    assert ctx is not None and ctx.ready.wait(DEADLINE), ctx and ctx.last_error
     yield port
     host.stop()
 

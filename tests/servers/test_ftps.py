@@ -10,7 +10,6 @@ import ftplib
 import hashlib
 import io
 import os
-import shutil
 import socket
 import ssl
 import struct
@@ -27,6 +26,7 @@ import pytest
 from engine.errors import FlowmillError
 from servers.drops import DropEvent, DropQueue, drop_home
 from servers.ftps import UPLOAD_PREFIX, FtpsServer
+from tests.conftest import DEADLINE, require_program
 
 USER, PASSWORD = "drop", "secret pw 123"
 
@@ -92,7 +92,7 @@ def upload(ftp: ftplib.FTP_TLS, name: str, data: bytes) -> str:
     return ftp.storbinary(f"STOR {name}", io.BytesIO(data))
 
 
-def wait_until(condition: Callable[[], object], seconds: float = 5.0) -> None:
+def wait_until(condition: Callable[[], object], seconds: float = DEADLINE) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -117,7 +117,7 @@ def test_upload_with_ftplib_fires_one_event_with_the_final_file(ftps_site):
         ftp.mkd("in")
         assert upload(ftp, "in/orders.csv", data).startswith("226")
 
-    event = site.drops.wait(5)
+    event = site.drops.wait(DEADLINE)
     assert isinstance(event, DropEvent)
     final = site.home / "in" / "orders.csv"
     assert (event.path, event.name, event.size, event.user, event.source) == (
@@ -136,7 +136,6 @@ def test_upload_with_ftplib_fires_one_event_with_the_final_file(ftps_site):
     assert (status["host"], status["port"]) == site.server.address
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_upload_with_curl_ssl_reqd_fires_one_event(ftps_site, tmp_path):
     site = ftps_site()
     (site.home / "in").mkdir()
@@ -144,13 +143,14 @@ def test_upload_with_curl_ssl_reqd_fires_one_event(ftps_site, tmp_path):
     report.write_bytes(b"id,total\n1,9.50\n" * 1000)
     host, port = site.server.address
     done = subprocess.run(
-        ["curl", "--silent", "--show-error", "--ssl-reqd", "--cacert", str(site.cert),
+        [require_program("curl"), "--silent", "--show-error", "--ssl-reqd",
+         "--cacert", str(site.cert),
          "--user", f"{USER}:{PASSWORD}", "-T", str(report), f"ftp://{host}:{port}/in/"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
 
-    event = site.drops.wait(5)
+    event = site.drops.wait(DEADLINE)
     assert event is not None and event.name == "in/report.csv"
     assert event.size == report.stat().st_size
     assert event.sha256 == hashlib.sha256(report.read_bytes()).hexdigest()
@@ -179,7 +179,7 @@ def test_upload_in_progress_is_invisible_until_it_completes(ftps_site):
         conn.close()
         assert ftp.voidresp().startswith("226")
 
-    event = site.drops.wait(5)
+    event = site.drops.wait(DEADLINE)
     assert event is not None and (event.name, event.size) == ("big.bin", 200_100)
     assert site.leftovers() == []
 
@@ -424,7 +424,7 @@ def test_slow_login_does_not_stall_other_sessions(ftps_site):
     slow = site.connect()
     slow.sendcmd("USER slow")
     slow.putcmd(f"PASS {PASSWORD}")
-    assert entered.wait(5)
+    assert entered.wait(DEADLINE)
     try:
         with site.client() as ftp:
             started = time.monotonic()
@@ -456,7 +456,7 @@ def test_login_name_is_matched_case_insensitively_like_the_user_store(ftps_site)
     site = ftps_site(authenticate=lambda u, p: (u.strip().lower(), p) == (USER, PASSWORD))
     with site.client(user="DROP") as ftp:
         upload(ftp, "x.csv", b"x")
-    event = site.drops.wait(5)
+    event = site.drops.wait(DEADLINE)
     assert event is not None and event.user == USER
     assert event.path == str(site.home / "x.csv")
 
@@ -589,7 +589,7 @@ def test_passive_ports_come_from_the_configured_range(ftps_site):
             _host, port = ftp.makepasv()
             assert port in ports
         upload(ftp, "a.csv", b"x")
-    assert site.drops.wait(5) is not None
+    assert site.drops.wait(DEADLINE) is not None
 
 
 def test_connections_per_address_are_limited(ftps_site):
@@ -644,7 +644,7 @@ def test_self_signed_certificate_is_made_on_first_start_and_reused(ftps_site):
             upload(ftp, "a.csv", b"x")
     finally:
         again.stop()
-    assert site.drops.wait(5) is not None
+    assert site.drops.wait(DEADLINE) is not None
 
 
 def test_stale_temporaries_from_a_crash_are_removed_on_start(tmp_path):

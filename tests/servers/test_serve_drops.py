@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 
 from engine.service import Flowmill
+from tests.conftest import DEADLINE
 
 USER, PASSWORD = "erp", "erp drop password 1"
 DROP = {"folder": "in", "pattern": "*.csv", "after": "move"}
@@ -37,7 +38,7 @@ def _flow(out: Path, source: str) -> dict:
     }
 
 
-def _wait_for_job(data_dir: Path, flow_id: str, seconds: float = 30) -> str:
+def _wait_for_job(data_dir: Path, flow_id: str, seconds: float = DEADLINE) -> str:
     deadline = time.monotonic() + seconds
     with Flowmill.open(data_dir) as app:
         while time.monotonic() < deadline:

@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -31,10 +30,10 @@ from engine.errors import FlowmillError
 from servers.drops import DropEvent, DropQueue, sha256_of
 from servers.tls import certificate
 from servers.webdav import WebDavServer
+from tests.conftest import DEADLINE, require_program
 
 USER, PASSWORD = "drop", "secret pw 123"
 AUTH = (USER, PASSWORD)
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PLANTED = b"planted outside the drop folder\n"
 MB = 1 << 20
 
@@ -108,9 +107,8 @@ def raw_request(
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    if not shutil.which("curl"):
-        pytest.skip("curl is not installed")
-    command = ["curl", "-sS", "--max-time", "60", "-o", "/dev/null", "-w", "%{http_code}", *args]
+    command = [require_program("curl"), "-sS", "--max-time", "60", "-o", "/dev/null"]
+    command += ["-w", "%{http_code}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
 
 
@@ -122,7 +120,7 @@ def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob(".flowmill-upload-*")]
 
 
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+def wait_until(condition: Callable[[], bool], seconds: float = DEADLINE) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():
@@ -142,7 +140,7 @@ def test_curl_upload_fires_one_event_with_the_exact_bytes(dav: Dav, tmp_path: Pa
     done = curl("-u", f"{USER}:{PASSWORD}", "-T", str(source), f"{dav.url}/orders.csv")
 
     assert done.stdout == "201", done.stderr
-    [event] = dav.events(wait=5)
+    [event] = dav.events(wait=DEADLINE)
     assert (event.name, event.user, event.source, event.size) == (
         "orders.csv",
         USER,
@@ -158,14 +156,15 @@ def test_curl_chunked_upload_is_stored_whole(dav: Dav):
     payload = os.urandom(2 * MB + 5)
     # from stdin curl does not know the size and sends Transfer-Encoding: chunked
     done = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", f"{USER}:{PASSWORD}",
+        [require_program("curl"), "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+         "-u", f"{USER}:{PASSWORD}",
          "-T", "-", f"{dav.url}/chunked.bin", "-v"],
         input=payload, capture_output=True, timeout=60, check=False,
     )  # fmt: skip
 
     assert done.stdout == b"201", done.stderr
     assert b"Transfer-Encoding: chunked" in done.stderr
-    [event] = dav.events(wait=5)
+    [event] = dav.events(wait=DEADLINE)
     assert (event.name, event.size, event.sha256) == ("chunked.bin", len(payload), sha(payload))
     assert (dav.root / "chunked.bin").read_bytes() == payload
 
@@ -181,21 +180,21 @@ def test_requests_plain_and_chunked_uploads_fire_one_event_each(dav: Dav):
     second = requests.put(f"{dav.url}/in/chunked.bin", data=iter(pieces), auth=AUTH, timeout=30)
 
     assert (first.status_code, second.status_code) == (201, 201)
-    events = {e.name: e for e in dav.events(wait=5)}
+    events = {e.name: e for e in dav.events(wait=DEADLINE)}
     assert sorted(events) == ["in/chunked.bin", "in/plain.bin"]
     assert events["in/plain.bin"].sha256 == sha(plain)
     assert events["in/chunked.bin"].sha256 == sha(b"".join(pieces))
     assert events["in/chunked.bin"].size == 700_000
     again = requests.put(f"{dav.url}/in/plain.bin", data=b"v2", auth=AUTH, timeout=30)
     assert again.status_code == 204  # replaced: one more event, with the new bytes
-    [event] = dav.events(wait=5)
+    [event] = dav.events(wait=DEADLINE)
     assert (event.name, event.sha256) == ("in/plain.bin", sha(b"v2"))
 
 
 def test_unicode_names_arrive_as_written(dav: Dav):
     url = f"{dav.url}/Bestellung%20M%C3%A4rz%20%231.csv"
     assert requests.put(url, data=b"a;b\n", auth=AUTH, timeout=30).status_code == 201
-    [event] = dav.events(wait=5)
+    [event] = dav.events(wait=DEADLINE)
     assert event.name == "Bestellung März #1.csv"
     assert requests.get(url, auth=AUTH, timeout=30).content == b"a;b\n"
 
@@ -612,7 +611,7 @@ def test_a_gigabyte_upload_keeps_server_memory_flat(dav: Dav, framing: str):
 
     assert response.status_code == 201
     assert ("Transfer-Encoding" in response.request.headers) == (framing == "chunked")
-    [event] = dav.events(wait=5)
+    [event] = dav.events(wait=DEADLINE)
     assert (event.size, event.sha256) == (blocks * MB, expected.hexdigest())
     grown = (peak[0] - before) / MB
     print(f"1 GiB upload ({framing}): {seconds:.1f} s, peak RSS +{grown:.1f} MB")
@@ -644,17 +643,13 @@ def test_propfind_answers_are_plain_xml_even_when_gzip_is_accepted(dav: Dav):
 
 def test_litmus_suites_pass(dav: Dav, tmp_path: Path):
     """Debian's litmus (installed by scripts/services.sh) against our server."""
-    if not shutil.which("litmus"):
-        message = "litmus is not installed (bash scripts/services.sh litmus)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    litmus = require_program("litmus")
     suites = ["basic", "copymove", "props", "locks", "http"]
     work = tmp_path / "litmus"
     work.mkdir()
 
     done = subprocess.run(
-        ["litmus", "--keep-going", f"{dav.url}/", USER, PASSWORD],
+        [litmus, "--keep-going", f"{dav.url}/", USER, PASSWORD],
         cwd=work, env={**os.environ, "TESTS": " ".join(suites)},
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
