@@ -206,14 +206,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         files = FileServers(app, echo, ftps=not args.no_ftps, webdav=not args.no_webdav)
         # only the server holding the scheduler lease listens: two never fire one event twice
         listeners = ListenerHost(app, echo, is_active=lambda: server.active)
+        signals = 0
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            # only flags and a wake-up here: the loop prints and acts (no I/O in a handler)
+            nonlocal signals
+            signals += 1
+            web.stopping()
+            name = signal.Signals(signum).name
+            if signals == 1:
+                server.request_stop(f"{name}; once more to cancel running jobs now")
+            else:
+                server.stop_now(f"{name} again")
+
         try:
             files.start()
             listeners.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: server.request_stop())
+                signal.signal(sig, on_signal)
             return server.serve()
         finally:
+            web.stopping()
             listeners.stop()
+            echo("trigger listeners: stopped")
             files.stop()
             web.stop()
 

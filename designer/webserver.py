@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -156,7 +159,11 @@ class WebServer:
         fd = self._sock.fileno()
         command = [sys.executable, "-m", "designer.webserver", "--fd", str(fd)]
         command += ["--data-dir", str(self.service.settings.data_dir)]
-        self._child = subprocess.Popen(command, pass_fds=(fd,))
+        command += ["--parent", str(os.getpid())]
+        # its own process group: a Ctrl-C for `flowmill serve` must not end the web app
+        # behind the server's back (it would be taken for a crash and restarted); the
+        # server stops it last, and it dies with the server (see main)
+        self._child = subprocess.Popen(command, pass_fds=(fd,), process_group=0)
         self._spawned_at = time.monotonic()
 
     def _supervise(self) -> None:
@@ -177,6 +184,10 @@ class WebServer:
             delay = min(delay * 2, 30.0)
             self._spawn()
 
+    def stopping(self) -> None:
+        """From now on a web process that exits is not restarted (the server stops)."""
+        self._stopping.set()
+
     def stop(self) -> None:
         self._stopping.set()
         child, self._child = self._child, None
@@ -190,13 +201,27 @@ class WebServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+            self.echo("web app: stopped")
+
+
+def _die_with(parent: int) -> None:
+    """Get SIGTERM when the parent dies, even by kill -9, so no orphan keeps the port
+    (Linux: PR_SET_PDEATHSIG). A parent already gone means exit now."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m designer.webserver")
     parser.add_argument("--fd", type=int, required=True, help="listening socket from the parent")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--parent", type=int, default=None, help="exit when this pid is gone")
     args = parser.parse_args(argv)
+    if args.parent is not None:
+        _die_with(args.parent)
     sock = socket.socket(fileno=args.fd)
     with contextlib.suppress(KeyboardInterrupt):
         return run_web(args.data_dir, sock)

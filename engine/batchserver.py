@@ -92,6 +92,8 @@ class BatchServer:
         self.active = False
         self.stopping = False
         self.stop_deadline: float | None = None
+        self._stop_reason: str | None = None  # set by request_stop, acted on by the loop
+        self._stop_now = False
         self.finished = False
         self._echo = echo or (lambda text: log.info(text))
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
@@ -123,17 +125,31 @@ class BatchServer:
         self._echo(f"server {self.id}: stopped")
         return 0
 
-    def request_stop(self) -> None:
-        """Stop gracefully: start nothing new, let running jobs end (up to stop_grace)."""
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Stop gracefully: start nothing new, let running jobs end (up to stop_grace),
+        then cancel the rest. Only sets a flag and wakes the loop, so a signal handler or
+        another thread may call it."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self.wake()
+
+    def stop_now(self, reason: str = "stop requested again") -> None:
+        """Stop without waiting for running jobs: they are cancelled at once."""
+        self._stop_now = True
+        self.request_stop(reason)
+
+    def _begin_stop(self) -> None:
         if not self.stopping:
             self.stopping = True
             self.stop_deadline = time.monotonic() + self.settings.stop_grace
             running = len(self.pool.busy())
             if self.pool.detached:
-                self._echo(f"server {self.id}: stopping, {running} jobs continue on their workers")
+                waiting = f"{running} jobs continue on their workers"
             else:
-                self._echo(f"server {self.id}: stopping, waiting for {running} jobs")
-        self.wake()
+                waiting = f"waiting up to {self.settings.stop_grace:g} s for {running} running jobs"
+            self._echo(f"server {self.id}: stopping ({self._stop_reason}), {waiting}")
+        if self._stop_now and self.stop_deadline is not None:
+            self.stop_deadline = min(self.stop_deadline, time.monotonic())
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -145,6 +161,8 @@ class BatchServer:
 
     # ------------------------------------------------------------------ one turn
     def step(self) -> None:
+        if self._stop_reason is not None:
+            self._begin_stop()
         now = time.monotonic()
         if now - self._last_lease >= min(1.0, self.settings.lease_timeout / 3):
             self._last_lease = now
@@ -277,9 +295,15 @@ class BatchServer:
             self.finished = True
             return
         if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
+            # past the grace: cancel what still runs, the same way as a kill (cooperative
+            # first, terminated after kill_grace), so every job ends as "cancelled" with
+            # its reason in the log, never as a worker that died
+            self.stop_deadline = None
+            self._echo(f"server {self.id}: cancelling {len(busy)} running jobs")
             for job_id in list(busy):
-                self._hard_kill(self.app.jobs.get(job_id), "killed: server stopped")
-            self.finished = True
+                with contextlib.suppress(Exception):
+                    self.app.jobs.request_kill(job_id, "the server is stopping")
+                self._killing.add(job_id)
 
     # ------------------------------------------------------------------ waiting
     def _sleep(self) -> None:

@@ -391,22 +391,22 @@ class JobStore:
             "cancelled",
         )
 
-    def request_kill(self, job_id: int) -> Job:
-        """Ask the server running the job to stop it; a waiting job is cancelled at once."""
+    def request_kill(self, job_id: int, reason: str = "") -> Job:
+        """Ask the server running the job to stop it; a waiting job is cancelled at once.
+        ``reason`` (why, when it is not a user's kill) goes into the job's log."""
+        text = f"kill requested: {reason}" if reason else "kill requested"
         for _ in range(3):  # it may start (or end) between the look and the change
             job = self.get(job_id)
             try:
                 if job.state in ("queued", "held"):
                     return self.cancel(job_id)
                 return self._transition(
-                    job_id, ("running",), "killed", {"kill_requested": True}, "kill requested"
+                    job_id, ("running",), "killed", {"kill_requested": True}, text
                 )
             except JobError:
                 if self.get(job_id).state == job.state:
                     raise  # not a race: the state does not allow it
-        return self._transition(
-            job_id, ("running",), "killed", {"kill_requested": True}, "kill requested"
-        )
+        return self._transition(job_id, ("running",), "killed", {"kill_requested": True}, text)
 
     def retry(self, job_id: int) -> Job:
         """Queue a finished job that did not succeed again, now, with a fresh attempt count."""

@@ -16,8 +16,10 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -69,7 +71,8 @@ class WorkerPool:
             name=f"flowmill-worker-{self._counter}",
             daemon=True,
         )
-        process.start()
+        with _group_signals_ignored():
+            process.start()
         child.close()
         return _Worker(name, process, parent)
 
@@ -159,11 +162,44 @@ class WorkerPool:
         worker.conn.close()
 
 
+# Ctrl-C at a terminal and `kill -TERM -PGID` reach every process of the server's group.
+# Only the server may end a job (cancel, then terminate), so a worker is born ignoring
+# both (an ignored signal stays ignored across exec, and Python keeps it so) and then
+# leaves the group.
+GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _group_signals_ignored() -> Iterator[None]:
+    """Start a process that ignores SIGINT and SIGTERM from its first instruction. Signal
+    handlers belong to the main thread: elsewhere (tests) the worker does it itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = [signal.signal(sig, signal.SIG_IGN) for sig in GROUP_SIGNALS]
+    try:
+        yield
+    finally:
+        for sig, handler in zip(GROUP_SIGNALS, previous, strict=True):
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _leave_the_servers_group() -> None:
+    """In a new worker: a process group of its own, where the group's signals no longer
+    reach it; then SIGTERM works again, for the server's terminate."""
+    for sig in GROUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 # -- inside the worker process -----------------------------------------------------------
 
 
 def worker_main(conn: Connection, data_dir: str, name: str, heartbeat: float) -> None:
     """Run jobs sent over ``conn`` until told to exit or the server goes away."""
+    _leave_the_servers_group()  # a Ctrl-C of the server must not end a job halfway
     # imported here: the spawned process starts with a clean interpreter
     from engine.service import Flowmill
 

@@ -41,6 +41,9 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
     return read_status_file(_status_path(data_dir), 5 * STATUS_EVERY)
 
 
+TITLES = {"ftps": "FTPS", "webdav": "WebDAV"}
+
+
 class FileServers:
     def __init__(
         self,
@@ -134,8 +137,9 @@ class FileServers:
 
     def stop(self) -> None:
         self._stop.set()
-        for server in self.servers.values():
+        for name, server in self.servers.items():
             server.stop()
+            self.echo(f"{TITLES.get(name, name)}: stopped")
         self.dispatcher.stop()
         self.watcher.stop()
         _status_path(self.data_dir).unlink(missing_ok=True)

@@ -8,10 +8,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import DEADLINE, wait_until
 
 ROOT = Path(__file__).parents[2]
 SAMPLE = ROOT / "samples" / "csv-to-sql.flow.json"
@@ -340,6 +341,21 @@ def test_unreachable_database_is_retried_then_fails_naming_the_node(data_dir: Pa
     assert "error: node read-erp:" in result.stderr
 
 
+def _node_running(data_dir: Path, node_id: str) -> bool:
+    """Has ``flowmill run`` started the node (its run is recorded in the data directory)?"""
+    database = data_dir / "flowmill.db"
+    if not database.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute(
+                "SELECT state FROM node_runs WHERE node_id = ?", (node_id,)
+            ).fetchone()
+    except sqlite3.OperationalError:  # the schema is still being made
+        return False
+    return row is not None and row[0] == "running"
+
+
 def test_ctrl_c_cancels_the_run_between_batches(data_dir: Path, tmp_path: Path):
     flow = {
         "format": "flowmill/1",
@@ -359,9 +375,9 @@ def test_ctrl_c_cancels_the_run_between_batches(data_dir: Path, tmp_path: Path):
         text=True,
         env=env,
     )
-    time.sleep(1.5)
+    wait_until(lambda: _node_running(data_dir, "wait") or proc.poll() is not None)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=15)
+    out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 1
     assert "cancelled" in out and "run cancelled" in err
 

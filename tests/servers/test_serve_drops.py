@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 from engine.service import Flowmill
-from tests.conftest import DEADLINE
+from tests.conftest import DEADLINE, wait_until
 
 USER, PASSWORD = "erp", "erp drop password 1"
 DROP = {"folder": "in", "pattern": "*.csv", "after": "move"}
@@ -103,18 +103,24 @@ def test_uploads_over_ftps_and_webdav_run_their_flows_and_status_shows_the_serve
         for source in ("ftps", "webdav"):
             written = (tmp_path / f"out-{source}.csv").read_text().splitlines()
             assert [line.replace(",", ";") for line in written] == ["id;qty", "1;5", "2;7"]
-        deadline = time.monotonic() + 10
-        while (home / "orders.csv").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not (home / "orders.csv").exists(), what="the upload moved away")
         assert (home / "processed" / "orders.csv").read_bytes() == payload
-        time.sleep(2.5)  # the status file is written every 2 s
-        status = subprocess.run(
-            [sys.executable, "-m", "designer.cli", "status"], env=env, capture_output=True,
-            text=True, timeout=60,
-        )  # fmt: skip
-        assert status.returncode == 0, status.stderr
-        assert "ftps:" in status.stdout and "webdav:" in status.stdout
-        assert "file drops: 2 jobs started" in status.stdout
+
+        def status() -> str:
+            done = subprocess.run(
+                [sys.executable, "-m", "designer.cli", "status"], env=env, capture_output=True,
+                text=True, timeout=DEADLINE,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        def both_counted() -> str:
+            text = status()
+            return text if "file drops: 2 jobs started" in text else ""
+
+        # the status file is rewritten every 2 s: wait for the one that counts both jobs
+        shown = wait_until(both_counted, what="status with both jobs", interval=0.5)
+        assert "ftps:" in shown and "webdav:" in shown
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(30)

@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from engine.service import Flowmill
+from tests.conftest import DEADLINE, wait_until
 
 TOKEN = "ticker-hook-token-1"
 
@@ -108,12 +109,12 @@ def test_serve_listens_for_tcp_messages_and_webhooks(tmp_path: Path) -> None:
                     replies += chunk
                 return replies
 
-        assert _wait(send, 60, "the TCP trigger answered", log) == b"ACK\nACK\n"
+        assert _wait(send, DEADLINE, "the TCP trigger answered", log) == b"ACK\nACK\n"
 
         with Flowmill.open(data_dir) as app:
             _wait(
                 lambda: sum(j.state == "succeeded" for j in app.jobs.list(flow_id="ticker")) == 2,
-                30,
+                DEADLINE,
                 "both ticker jobs succeeded",
                 log,
             )
@@ -121,7 +122,7 @@ def test_serve_listens_for_tcp_messages_and_webhooks(tmp_path: Path) -> None:
         assert written == ["store,sku,qty\nHamburg,B-7,12\n", "store,sku,qty\nMünchen,A-100,3\n"]
 
         url = f"http://127.0.0.1:{web_port}/hooks/quote"
-        _wait(lambda: requests.get(url, timeout=5).status_code == 405, 60, "web app up", log)
+        _wait(lambda: requests.get(url, timeout=5).status_code == 405, DEADLINE, "web app up", log)
         refused = requests.post(url, json={"qty": 2, "price": 4.5}, timeout=30)
         assert refused.status_code == 401
         answer = requests.post(
@@ -130,13 +131,17 @@ def test_serve_listens_for_tcp_messages_and_webhooks(tmp_path: Path) -> None:
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"qty": 2, "price": 4.5, "total": 9.0}
 
-        time.sleep(2.5)  # the listener status is written every 2 s
-        status = subprocess.run(
-            [sys.executable, "-m", "designer.cli", "status"], env=env, capture_output=True,
-            text=True, timeout=60,
-        )  # fmt: skip
-        assert status.returncode == 0, status.stderr
-        assert "trigger ticker/tcp (trigger.tcp): listening, 2 jobs started" in status.stdout
+        def status() -> str:
+            done = subprocess.run(
+                [sys.executable, "-m", "designer.cli", "status"], env=env, capture_output=True,
+                text=True, timeout=DEADLINE,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        # the listener status is rewritten every 2 s: wait for the one that counts both jobs
+        expected = "trigger ticker/tcp (trigger.tcp): listening, 2 jobs started"
+        wait_until(lambda: expected in status(), what=expected, interval=0.5)
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(30)
