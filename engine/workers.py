@@ -38,6 +38,7 @@ class _Worker:
     job_id: int | None = None
     started: float = 0.0
     cancel_sent: float | None = None
+    ready: bool = False  # booted: only then is it given a job
 
 
 class WorkerPool:
@@ -78,7 +79,12 @@ class WorkerPool:
 
     # -- the server's view -------------------------------------------------------------
     def idle(self) -> list[_Worker]:
-        return [w for w in self._workers if w.job_id is None and w.process.is_alive()]
+        # A worker gets a job only once it has booted: a job claimed for a worker that is
+        # still importing (seconds on a busy machine) would miss its heartbeats and be
+        # taken for lost before it ever started.
+        return [
+            w for w in self._workers if w.ready and w.job_id is None and w.process.is_alive()
+        ]
 
     def busy(self) -> dict[int, _Worker]:
         return {w.job_id: w for w in self._workers if w.job_id is not None}
@@ -127,7 +133,9 @@ class WorkerPool:
             try:
                 while worker.conn.poll():
                     kind, job_id, outcome = worker.conn.recv()
-                    if kind == "done" and worker.job_id == job_id:
+                    if kind == "ready":
+                        worker.ready = True
+                    elif kind == "done" and worker.job_id == job_id:
                         done.append((job_id, outcome, worker.name))
                         worker.job_id = None
             except (EOFError, OSError):
@@ -204,6 +212,8 @@ def worker_main(conn: Connection, data_dir: str, name: str, heartbeat: float) ->
     from engine.service import Flowmill
 
     app = Flowmill.open(data_dir)
+    with contextlib.suppress(OSError):
+        conn.send(("ready", None, None))
     jobs: list[int] = []
     ready = threading.Condition()
     cancel = threading.Event()

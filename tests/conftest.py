@@ -193,7 +193,7 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"mongodb://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 3 * DEADLINE
         while True:
             with pymongo.MongoClient(url, serverSelectionTimeoutMS=500) as client:
                 try:
@@ -245,7 +245,7 @@ def quickstart(tmp_path: Path) -> Iterator[Quickstart]:
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 3 * DEADLINE
         text = ""
         while "imported flow sales-import" not in text or "schedule flow:" not in text:
             assert process.poll() is None, log.read_text()

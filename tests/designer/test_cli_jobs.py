@@ -13,6 +13,8 @@ from pathlib import Path
 
 import requests
 
+from tests.conftest import DEADLINE
+
 ROOT = Path(__file__).parents[2]
 SAMPLE = ROOT / "samples" / "csv-to-sql.flow.json"
 FLOWMILL = Path(sys.executable).parent / "flowmill"
@@ -266,7 +268,7 @@ def test_serve_runs_a_submitted_job_and_a_stop_file_ends_it_with_exit_0(data_dir
         cwd=ROOT,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + DEADLINE
         state = ""
         while time.monotonic() < deadline and state != "succeeded":
             shown = fm("jobs", "show", job_id, "--json", data_dir=data_dir)

@@ -19,6 +19,7 @@ import requests
 import sqlalchemy as sa
 
 from designer.demodata import DEMO_SHOP, DEMO_TABLES, EXPORT_COLUMNS, FIXED_WIDTHS
+from tests.conftest import DEADLINE
 
 ROOT = Path(__file__).parents[2]
 FLOWMILL = Path(sys.executable).parent / "flowmill"
@@ -219,7 +220,7 @@ def start_shop(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]
         cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"demo shop ended early: {proc.communicate()}")
@@ -342,7 +343,7 @@ def test_demo_mail_keeps_every_mail_in_the_outbox(data_dir: Path) -> None:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE
         while True:
             try:
                 smtp = smtplib.SMTP("127.0.0.1", port, timeout=5)

@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.conftest import DEADLINE
+
 ROOT = Path(__file__).parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -116,7 +118,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{url}/login", process, log, 30)
+        _wait_for(f"{url}/login", process, log, DEADLINE)
         yield Server(url, data_dir, PASSWORD, process, log)
     finally:
         process.send_signal(signal.SIGTERM)

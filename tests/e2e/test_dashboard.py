@@ -385,7 +385,7 @@ def test_overview_of_jobs_in_every_state_and_kill(
     held = submit(server, delay_s=3600, label="month end", seconds=1)
     operator.post(f"{server.url}/api/jobs/{held['id']}/hold")
     later = submit(server, delay_s=7200, label="tonight", seconds=1)
-    long = submit(server, label="long", seconds=30)
+    long = submit(server, label="long", seconds=600)  # killed below
     line = row(long["id"])
     expect(page.locator(f"{line} .job-state")).to_have_text("running")
     expect(page.locator(f"{line} .job-progress .node-now")).to_contain_text("wait")
@@ -437,7 +437,7 @@ def test_servers_tab_shows_the_active_server_with_fresh_heartbeats(
     )
     expect(page.locator("#alarms")).not_to_contain_text("heartbeat")
     # a running job shows up under the servers, with its worker and a ticking duration
-    job = submit(server, label="on a worker", seconds=5)
+    job = submit(server, label="on a worker", seconds=15)
     running = page.locator(f'#running-jobs tr[data-job-id="{job["id"]}"]')
     expect(running).to_be_visible()
     expect(running.locator("td").nth(2)).not_to_be_empty()

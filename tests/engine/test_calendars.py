@@ -7,7 +7,7 @@ compared as UTC instants, which is what the scheduler stores.
 from __future__ import annotations
 
 import pickle
-import time as clock
+import time as clock  # thread_time: CPU time of this thread, whatever else the machine does
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import pairwise
@@ -272,11 +272,11 @@ def test_outage_over_easter_catches_up_the_last_allowed_fire(
 
 def test_a_year_long_outage_of_a_minutely_schedule_is_one_run_and_quick() -> None:
     minutely = Schedule(cron="* * * * *", misfire="run_once")
-    started = clock.perf_counter()
+    started = clock.thread_time()
     run, upcoming = minutely.due(
         berlin(2025, 6, 1), berlin(2026, 6, 1, 8, 0) + timedelta(seconds=30)
     )
-    assert clock.perf_counter() - started < 0.1
+    assert clock.thread_time() - started < 0.1
     assert (run, upcoming) == ([berlin(2026, 6, 1, 8, 0)], berlin(2026, 6, 1, 8, 1))
 
 
@@ -289,10 +289,10 @@ def test_christmas_only_schedule_that_never_runs_on_holidays_stops_with_an_error
     christmas = Schedule(
         cron="0 12 25 12 *", calendar=Calendar.parse("DE-BY"), condition=office_hours
     )
-    started = clock.perf_counter()
+    started = clock.thread_time()
     with pytest.raises(ScheduleError, match="never fires within 5 years") as caught:
         christmas.next_fire(utc(2026, 1, 1))
-    assert clock.perf_counter() - started < 0.5
+    assert clock.thread_time() - started < 0.5
     assert caught.value.field == "schedule"
     assert "0 12 25 12 *" in str(caught.value) and "DE-BY" in str(caught.value)
 
@@ -302,10 +302,10 @@ def test_interval_that_never_meets_its_window_stops_with_an_error() -> None:
         "mornings", {"workday": "06:00-07:00", "saturday": "none", "sunday": "none"}
     )
     midnight = Schedule(every=parse_every("1d"), anchor=berlin(2026, 1, 1, 3), condition=mornings)
-    started = clock.perf_counter()
+    started = clock.thread_time()
     with pytest.raises(ScheduleError, match="never fires within 5 years"):
         midnight.next_fire(utc(2026, 1, 1))
-    assert clock.perf_counter() - started < 0.5
+    assert clock.thread_time() - started < 0.5
 
 
 def test_impossible_schedules_are_refused_when_defined() -> None:
@@ -450,10 +450,10 @@ def test_next_fire_with_calendar_and_condition_costs_well_under_a_millisecond(
     hourly = Schedule(cron="0 * * * *", calendar=Calendar.parse("DE-BY"), condition=office_hours)
     moment = berlin(2026, 1, 5, 8)
     hourly.next_fire(moment)  # warm the holiday cache
-    started = clock.perf_counter()
+    started = clock.thread_time()
     for _ in range(2000):
         moment = hourly.next_fire(moment)
-    per_call = (clock.perf_counter() - started) / 2000
+    per_call = (clock.thread_time() - started) / 2000
     assert per_call < 0.0005, f"{per_call * 1e6:.0f} µs per next_fire"
     assert moment.year == 2026  # 2000 office hours ≈ seven months
 
@@ -463,10 +463,10 @@ def test_closed_stretches_are_jumped_over_not_walked_minute_by_minute(
 ) -> None:
     minutely = Schedule(cron="* * * * *", calendar=Calendar.parse("DE-BY"), condition=office_hours)
     minutely.next_fire(berlin(2026, 4, 1, 12))  # warm the holiday cache
-    started = clock.perf_counter()
+    started = clock.thread_time()
     # Thursday 20:00 before Easter: 36 closed hours (2,160 minutes) until Saturday 08:00
     assert minutely.next_fire(berlin(2026, 4, 2, 19, 59)) == berlin(2026, 4, 4, 8)
     # back after the Easter weekend: the last allowed minute was Saturday 15:59
     run, upcoming = minutely.due(berlin(2026, 4, 4, 10), berlin(2026, 4, 7, 5, 30))
     assert (run, upcoming) == ([berlin(2026, 4, 4, 15, 59)], berlin(2026, 4, 7, 6))
-    assert clock.perf_counter() - started < 0.02
+    assert clock.thread_time() - started < 0.02

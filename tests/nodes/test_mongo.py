@@ -345,7 +345,7 @@ def test_unreachable_server_says_where_and_how_long_without_the_password() -> No
             {"connection": "docs", "collection": "c", "server_timeout": 0.5},
             connections=conn,
         )
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 20  # its 0.5 s, not pymongo's default of 30 s
     message = str(info.value)
     assert (
         f"cannot reach MongoDB at mongodb://ann:***@127.0.0.1:{port}/shop within 0.5 s" in message

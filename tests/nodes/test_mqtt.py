@@ -270,8 +270,11 @@ def test_a_closed_port_fails_at_once_with_the_broker_named(base: str) -> None:
         port = s.getsockname()[1]  # nothing listens here once closed
     started = time.monotonic()
     with pytest.raises(NodeError) as caught:
-        publish([{"a": 1}], {"host": "127.0.0.1", "port": port}, topic=f"{base}/x")
-    assert time.monotonic() - started < 3
+        publish(
+            [{"a": 1}], {"host": "127.0.0.1", "port": port}, topic=f"{base}/x",
+            connect_timeout=DEADLINE,
+        )  # fmt: skip
+    assert time.monotonic() - started < DEADLINE / 2  # refused at once, no waiting it out
     message = str(caught.value)
     assert f"cannot reach MQTT broker 127.0.0.1:{port} (connection 'broker')" in message
     assert not is_permanent(caught.value)  # the broker may come back: retries make sense
@@ -289,7 +292,7 @@ def test_a_broker_that_never_answers_fails_within_the_connect_timeout(base: str)
                 [{"a": 1}], {"host": "127.0.0.1", "port": port}, topic=f"{base}/x",
                 connect_timeout=1,
             )  # fmt: skip
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < DEADLINE / 2  # its 1 s, not forever
     finally:
         silent.close()
 

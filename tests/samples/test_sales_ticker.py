@@ -75,7 +75,7 @@ def exchange(port: int, *lines: str) -> list[str]:
 
 
 def queued(demo: Demo, n: int) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + DEADLINE
     while len(demo.app.jobs.list(state="queued")) < n:
         assert time.monotonic() < deadline, "the messages were not queued"
         time.sleep(0.02)

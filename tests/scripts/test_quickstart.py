@@ -15,13 +15,13 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import quickstart
+from tests.conftest import DEADLINE, quickstart
 
 
 def test_quickstart_serves_the_samples_and_runs_one(tmp_path: Path) -> None:
     with quickstart(tmp_path) as started:
         data_dir, log, text = started.data_dir, started.log, started.log.read_text()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + DEADLINE
         base = started.url
         http = requests.Session()
         login = http.post(f"{base}/api/login", json={"name": "admin", "password": started.password})
