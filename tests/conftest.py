@@ -237,6 +237,7 @@ def quickstart(tmp_path: Path) -> Iterator[Quickstart]:
         port = int(sock.getsockname()[1])
     env = {**os.environ, "FLOWMILL_DATA_DIR": str(data_dir), "FLOWMILL_WEB_PORT": str(port)}
     env |= {"FLOWMILL_FTPS_PORT": "0", "FLOWMILL_WEBDAV_PORT": "0"}  # ports of their own
+    env |= {"FLOWMILL_STOP_GRACE": "5"}  # at the end, running sample jobs are cancelled soon
     env.pop("FLOWMILL_FLOWS_DIR", None)
     log = tmp_path / "quickstart.log"
     with log.open("wb") as out:
@@ -258,4 +259,8 @@ def quickstart(tmp_path: Path) -> Iterator[Quickstart]:
         yield Quickstart(f"http://127.0.0.1:{port}", password.group(1), data_dir, log)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        try:
+            process.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(DEADLINE)

@@ -106,6 +106,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "FLOWMILL_FTPS_PORT": "0",  # the file servers on ports of their own
         "FLOWMILL_WEBDAV_PORT": "0",
         "FLOWMILL_WEB_HOST": "127.0.0.1",
+        "FLOWMILL_STOP_GRACE": "5",  # at the end, jobs still running are cancelled soon
     }
     log = data_dir.parent / "serve.log"
     with log.open("wb") as out:
@@ -123,7 +124,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(20)
+            process.wait(DEADLINE)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
