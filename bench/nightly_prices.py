@@ -74,8 +74,8 @@ def rule(
 
 def _flow(db: str, data_dir: str, shop_url: str, out: mp.Queue) -> None:  # type: ignore[type-arg]
     from designer.demodata import DEMO_SHOP
+    from engine.batch.workers import run_job
     from engine.service import Flowmill
-    from engine.workers import run_job
 
     app = Flowmill.open(Path(data_dir))
     app.set_connection("erp", {"type": "sql", "url": f"sqlite:///{db}"})

@@ -17,13 +17,13 @@ from jsonschema import Draft202012Validator
 from designer import auth
 from designer.errors import BadRequest
 from designer.routing import api_route, openapi_document
-from engine.calendars import parse_every
 from engine.clock import parse_moment
 from engine.errors import FlowmillError, FlowValidationError
-from engine.flow import MAX_FLOW_BYTES, dump_flow, find_unstorable_text, parse_flow_text
-from engine.flowstore import FlowNotFound
-from engine.jobs import JobNotFound
-from engine.store import MAX_ID_LENGTH
+from engine.flows.flowstore import FlowNotFound
+from engine.flows.format import MAX_FLOW_BYTES, dump_flow, find_unstorable_text, parse_flow_text
+from engine.queue.calendars import parse_every
+from engine.queue.jobs import JobNotFound
+from engine.store.interface import MAX_ID_LENGTH
 
 __all__ = ["PRIORITY", "bp", "body", "prometheus_text", "query_int", "service"]
 
@@ -574,7 +574,7 @@ def patch_job(job_id: int) -> Any:
     tag="status",
 )
 def status() -> Any:
-    from engine.listeners import read_status as listeners_status
+    from engine.batch.listeners import read_status as listeners_status
     from servers.fileservers import read_status as file_servers_status
 
     app = service()

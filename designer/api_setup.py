@@ -16,9 +16,9 @@ from flask import jsonify
 
 from designer.api import PRIORITY, body, bp, query_int, service
 from designer.routing import api_route
-from engine.calendars import DAY_KINDS, DEFAULT_TZ, MISFIRE_POLICIES, SPEC_KEYS
 from engine.errors import ConnectionNotFound, FlowmillError
-from engine.store import MAX_ID_LENGTH
+from engine.queue.calendars import DAY_KINDS, DEFAULT_TZ, MISFIRE_POLICIES, SPEC_KEYS
+from engine.store.interface import MAX_ID_LENGTH
 
 __all__: list[str] = []
 

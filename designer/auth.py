@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, g, jsonify, request, session
 
 from designer.errors import Refused
 from designer.routing import api_route
-from engine.users import AuthError
+from engine.access.users import AuthError
 
 __all__ = ["bp", "authenticate_request"]
 

@@ -20,12 +20,12 @@ from designer import cli_connections, cli_demo, cli_jobs, cli_users
 from designer.cli_args import pairs
 from designer.nodedocs import render_markdown
 from engine.errors import FlowFormatError, FlowmillError
-from engine.executor import RunResult
-from engine.flow import dump_flow, load_flow, parse_flow_text
-from engine.params import ParamError
-from engine.registry import Registry
+from engine.flows.format import dump_flow, load_flow, parse_flow_text
+from engine.flows.params import ParamError
+from engine.flows.registry import Registry
+from engine.flows.validate import validate_flow
+from engine.run.executor import RunResult
 from engine.service import Flowmill
-from engine.validate import validate_flow
 
 __all__ = ["main"]
 

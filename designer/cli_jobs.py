@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from designer.cli_args import pairs
-from engine.calendars import parse_every
 from engine.clock import parse_moment
 from engine.errors import FlowmillError
-from engine.jobs import STATES, Job
+from engine.queue.calendars import parse_every
+from engine.queue.jobs import STATES, Job
 from engine.service import Flowmill
 
 __all__ = ["add_parsers", "COMMANDS"]
@@ -191,8 +191,8 @@ def _job_line(job: Job) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from designer.webserver import WebServer
-    from engine.batchserver import BatchServer
-    from engine.listeners import ListenerHost
+    from engine.batch.listeners import ListenerHost
+    from engine.batch.server import BatchServer
 
     def echo(text: str) -> None:
         print(text, flush=True)
@@ -236,7 +236,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from engine.celery_executor import run_worker
+    from engine.batch.celery import run_worker
     from engine.config import Settings
 
     if args.concurrency is not None and args.concurrency < 1:
@@ -324,7 +324,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
                 state = "enabled" if info.enabled else "disabled"
                 print(f"{info.id:<30} {state:<9} {info.flow_hash[:12]}  {info.name or ''}")
         elif args.action in ("show", "export"):
-            from engine.flow import dump_flow
+            from engine.flows.format import dump_flow
 
             flow, info = app.flows.get(args.id)
             if args.action == "show":
@@ -394,7 +394,7 @@ def cmd_conditions(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from engine.listeners import read_status as read_listeners
+    from engine.batch.listeners import read_status as read_listeners
     from servers.fileservers import read_status
 
     with Flowmill.open(args.data_dir) as app:

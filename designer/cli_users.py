@@ -1,6 +1,6 @@
 """User and API token commands of ``flowmill``: ``user …`` and ``token …``.
 
-Thin shells over ``engine.users.UserStore`` (through the service layer), the same functions
+Thin shells over ``engine.access.users.UserStore`` (through the service layer), the same functions
 the web app uses. Errors are ``FlowmillError``s, which ``designer.cli.main`` turns into
 exit code 2 with the message.
 """
@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from engine.access.users import ROLES, User, UserError
 from engine.service import Flowmill
-from engine.users import ROLES, User, UserError
 
 __all__ = ["add_parsers", "COMMANDS"]
 

@@ -8,13 +8,13 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from engine.calendars import ScheduleError
+from engine.access.users import AuthError, PermissionDenied, UserExists, UserNotFound
 from engine.errors import ConnectionNotFound, FlowFormatError, FlowmillError, FlowValidationError
-from engine.flowstore import FlowConflict, FlowNotFound
-from engine.jobs import JobError, JobNotFound
-from engine.params import ParamError
-from engine.schedules import ScheduleNotFound
-from engine.users import AuthError, PermissionDenied, UserExists, UserNotFound
+from engine.flows.flowstore import FlowConflict, FlowNotFound
+from engine.flows.params import ParamError
+from engine.queue.calendars import ScheduleError
+from engine.queue.jobs import JobError, JobNotFound
+from engine.queue.schedules import ScheduleNotFound
 
 __all__ = ["BadRequest", "Refused", "Conflict", "install"]
 

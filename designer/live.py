@@ -2,10 +2,10 @@
 
 Every event of the installation (job and node state changes, log lines, flow saves,
 server heartbeats) reaches all authenticated clients as ``events``: a list of event dicts
-in the order they happened (``{"event": "JobChanged", ...}``; see engine/events.py), each
+in the order they happened (``{"event": "JobChanged", ...}``; see engine/run/events.py), each
 with ``seq``, a counter of the web process that sent it (clients that handle messages in
 threads, like python-socketio's, restore the order with it; browsers need not).
-Events come from this process's bus and, through engine/eventlink.py, from the batch
+Events come from this process's bus and, through engine/run/eventlink.py, from the batch
 server, its workers and CLI commands. One pump thread sends them in batches, so a burst of
 events costs one message per client rather than one per event, and a slow client never
 slows down a run. With ``FLOWMILL_SOCKETIO_QUEUE=redis://…`` every web process publishes
@@ -26,8 +26,8 @@ from typing import Any
 from flask import Flask, request, session
 from flask_socketio import SocketIO
 
-from engine.events import Event
-from engine.users import AuthError
+from engine.access.users import AuthError
+from engine.run.events import Event
 
 __all__ = ["NAMESPACE", "LiveHub"]
 

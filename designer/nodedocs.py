@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.registry import Registry
+from engine.flows.registry import Registry
 
 __all__ = ["render_markdown"]
 

@@ -4,7 +4,7 @@
 once, and port 0 works), then starts the web app as a child process and restarts it if it
 dies: a crash in the web app never takes the batch server down, and a busy batch server
 never slows the pages. The web process receives the events of the batch server, its
-workers and CLI commands through engine/eventlink.py and broadcasts them on ``/live``.
+workers and CLI commands through engine/run/eventlink.py and broadcasts them on ``/live``.
 
 Gunicorn, not the Werkzeug development server: one worker process with a thread per
 connection (``FLOWMILL_WEB_THREADS``, default 256), because a WebSocket holds its thread
@@ -100,7 +100,7 @@ def _quiet_closed_websockets() -> None:
 
 def _load_app(data_dir: str | None) -> Any:
     from designer.app import create_app
-    from engine.eventlink import EventReceiver, socket_path
+    from engine.run.eventlink import EventReceiver, socket_path
     from engine.service import Flowmill
 
     _quiet_closed_websockets()

@@ -24,7 +24,7 @@ import requests
 import socketio
 
 from designer.app import create_app
-from engine.events import NodeProgress
+from engine.run.events import NodeProgress
 from engine.service import Flowmill
 
 PASSWORD = "correct horse battery"

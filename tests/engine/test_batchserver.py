@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine.batchserver import BatchServer
-from engine.flow import write_flow
-from engine.jobs import Job
+from engine.batch.server import BatchServer
+from engine.flows.format import write_flow
+from engine.queue.jobs import Job
 from engine.service import Flowmill
 
 FAST = """

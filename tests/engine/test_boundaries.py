@@ -44,7 +44,7 @@ def violations(package: str) -> list[str]:
 
 
 def test_engine_imports_no_nodes_servers_or_designer():
-    assert (ROOT / "engine" / "executor.py").exists()
+    assert (ROOT / "engine" / "run" / "executor.py").exists()
     assert violations("engine") == []
 
 

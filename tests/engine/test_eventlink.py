@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.eventlink import MAX_DATAGRAM, EventReceiver, EventSender, encode_event, socket_path
-from engine.events import LogEmitted, NodeFinished, NodeProgress
+from engine.run.eventlink import MAX_DATAGRAM, EventReceiver, EventSender, encode_event, socket_path
+from engine.run.events import LogEmitted, NodeFinished, NodeProgress
 from engine.service import Flowmill
 
 
@@ -36,7 +36,7 @@ def test_events_of_another_process_arrive_complete_and_in_order(data_dir: Path) 
     try:
         code = (
             "import sys\n"
-            "from engine.events import NodeProgress\n"
+            "from engine.run.events import NodeProgress\n"
             "from engine.service import Flowmill\n"
             "app = Flowmill.open(sys.argv[1])\n"
             "for i in range(1000):\n"

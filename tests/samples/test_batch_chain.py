@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from designer.demodata import articles
 from designer.demoshop import Credentials, DemoShop, RunningShop, start_shop
-from engine.jobs import Job
+from engine.queue.jobs import Job
 
 from .conftest import Demo
 

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from designer.demoshop import DemoShop, RunningShop, start_shop
-from engine.listeners import ListenerHost
+from engine.batch.listeners import ListenerHost
 
 from .conftest import Demo
 

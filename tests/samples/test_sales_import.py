@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from designer.demodata import FIXED_WIDTHS, sales
-from engine.events import CustomEvent
+from engine.run.events import CustomEvent
 from servers.dispatch import DropDispatcher
 from servers.drops import DropQueue, drop_home
 from servers.ftps import FtpsServer

@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from designer.demodata import articles, sales
-from engine.events import CustomEvent
-from engine.listeners import ListenerHost
+from engine.batch.listeners import ListenerHost
+from engine.run.events import CustomEvent
 
 from .conftest import SAMPLES, Demo
 

@@ -52,7 +52,7 @@ window.Flowmill = (() => {
     return me.user;
   }
 
-  /** May the user do this? Mirrors engine/users.py PERMISSIONS via /api/me. */
+  /** May the user do this? Mirrors engine/access/users.py PERMISSIONS via /api/me. */
   function can(permission) {
     return !!(state.user && (state.user.permissions || []).includes(permission));
   }

@@ -98,7 +98,7 @@
     return value;
   }
 
-  /** The flow as engine.flow.dump_flow orders it: sorted keys, nodes by id, edges by ends. */
+  /** The flow as engine.flows.format.dump_flow orders it: sorted keys, nodes by id, edges by ends. */
   function canonical(flow) {
     const out = sorted(flow);
     const key = (e) => [e.source, e.source_port, e.target, e.target_port].map(String).join("\u0000");

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from engine.events import (
+from engine.run.events import (
     EventBus,
     LogEmitted,
     NodeFinished,
@@ -22,7 +22,7 @@ from engine.events import (
     RunFinished,
     RunStarted,
 )
-from engine.store import LogLine, NodeRunRecord, RunStore
+from engine.store.interface import LogLine, NodeRunRecord, RunStore
 
 __all__ = ["RunRecorder"]
 

@@ -1,9 +1,10 @@
 """The run store: what Flowmill keeps about flow versions, runs, node runs, logs,
 connections and secrets.
 
-``RunStore`` is the one interface; ``engine.store_sql.SqlRunStore`` (SQLite, PostgreSQL,
-MariaDB) and ``engine.store_memory.MemoryRunStore`` implement it, and one test suite runs
-against both. The executor writes at node start/end and per batch of log lines, never per
+``RunStore`` is the one interface; ``engine.store.sql.SqlRunStore`` (SQLite, PostgreSQL,
+MariaDB) and ``engine.store.memory.MemoryRunStore`` implement it, and one test suite runs
+against both; ``engine.store.factory.open_store`` chooses one (this module imports
+neither). The executor writes at node start/end and per batch of log lines, never per
 record, so every call is one short transaction and safe to make from several threads.
 
 The helpers below (``as_utc``, ``dump_json``, ``normalise_node`` …) are shared by both
@@ -12,6 +13,8 @@ implementations so they accept and return exactly the same values.
 Example::
 
     >>> from datetime import UTC, datetime
+    >>> from pathlib import Path
+    >>> from engine.store.factory import open_store
     >>> store = open_store("memory", Path("."))
     >>> store.create_run("r1", "nightly", "ab12", {"markup": 1.19}, datetime.now(UTC))
     >>> store.get_run("r1").state
@@ -25,7 +28,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import FlowmillError
@@ -39,7 +41,6 @@ __all__ = [
     "RunRecord",
     "RunNotFound",
     "RunStore",
-    "open_store",
 ]
 
 RUN_STATES = ("running", "succeeded", "failed", "cancelled")
@@ -166,29 +167,6 @@ class RunStore(Protocol):
     def delete_secret(self, name: str) -> bool: ...
 
     def close(self) -> None: ...
-
-
-def open_store(url: str | None, data_dir: Path) -> RunStore:
-    """Open (and migrate) the store the server is configured with.
-
-    ``url`` None is the default SQLite file ``data_dir/flowmill.db``; ``"memory"`` is a
-    MemoryRunStore; anything else is a SQLAlchemy URL (``postgresql+psycopg://…``,
-    ``mysql+pymysql://…``). SQL stores run Alembic ``upgrade head`` before returning and
-    encrypt connections and secrets with the key from ``engine.secrets`` (env
-    ``FLOWMILL_SECRET_KEY`` or ``data_dir/secret.key``).
-    """
-    data_dir = Path(data_dir)
-    if url == "memory":
-        from engine.store_memory import MemoryRunStore
-
-        return MemoryRunStore()
-    from engine.secrets import SecretBox
-    from engine.store_sql import SqlRunStore
-
-    if url is None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{data_dir / 'flowmill.db'}"
-    return SqlRunStore(url, SecretBox(data_dir))
 
 
 # -- helpers shared by the implementations -------------------------------------------------

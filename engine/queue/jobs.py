@@ -21,9 +21,9 @@ from sqlalchemy.engine import Connection
 
 from engine.clock import Clock, SystemClock
 from engine.errors import FlowmillError
-from engine.events import EventBus, JobChanged
-from engine.store_sql import SqlRunStore
-from engine.tables import job_log, jobs
+from engine.run.events import EventBus, JobChanged
+from engine.store.sql import SqlRunStore
+from engine.store.tables import job_log, jobs
 
 __all__ = [
     "STATES",

@@ -16,9 +16,9 @@ from sqlalchemy.engine import Connection
 
 from engine.clock import Clock, SystemClock
 from engine.errors import FlowmillError
-from engine.flow import dump_flow, flow_hash, parse_flow_text
-from engine.store_sql import SqlRunStore
-from engine.tables import flows
+from engine.flows.format import dump_flow, flow_hash, parse_flow_text
+from engine.store.sql import SqlRunStore
+from engine.store.tables import flows
 
 __all__ = ["FlowConflict", "FlowInfo", "FlowNotFound", "FlowStore"]
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.events import Event
+from engine.run.events import Event
 
 __all__ = ["MAX_DATAGRAM", "EventReceiver", "EventSender", "encode_event", "socket_path"]
 

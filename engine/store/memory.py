@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from engine.errors import ConnectionNotFound, SecretNotFound
-from engine.store import (
+from engine.store.interface import (
     LogLine,
     NodeRunRecord,
     RunNotFound,

@@ -36,7 +36,11 @@ from engine.errors import (
     UpstreamFailed,
     is_permanent,
 )
-from engine.events import (
+from engine.flows.format import dump_flow
+from engine.flows.params import expand_builtins, resolve_params, substitute
+from engine.flows.registry import Registry
+from engine.flows.validate import config_issues, validate_flow
+from engine.run.events import (
     CustomEvent,
     EventBus,
     LogEmitted,
@@ -49,12 +53,8 @@ from engine.events import (
     RunFinished,
     RunStarted,
 )
-from engine.flow import dump_flow
-from engine.params import expand_builtins, resolve_params, substitute
-from engine.registry import Registry
+from engine.run.streams import Inbox, NodeTimedOut, Spool, json_safe
 from engine.spec import DEFAULT_BATCH_SIZE, ERROR_PORT, NodeLogger, NodeSpec, RunContext
-from engine.streams import Inbox, NodeTimedOut, Spool, json_safe
-from engine.validate import config_issues, validate_flow
 
 __all__ = ["Executor", "NodeOutcome", "RunResult"]
 

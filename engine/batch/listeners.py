@@ -30,11 +30,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.batch.statusfile import read_status as read_status_file
+from engine.batch.statusfile import status_path, write_status
 from engine.errors import FlowmillError
-from engine.params import TRIGGER_PARAM, param_defaults, substitute
-from engine.statusfile import read_status as read_status_file
-from engine.statusfile import status_path, write_status
-from engine.tables import trigger_state
+from engine.flows.params import TRIGGER_PARAM, param_defaults, substitute
+from engine.store.tables import trigger_state
 
 __all__ = [
     "BATCH_KEY",

@@ -27,8 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from engine.errors import ConnectionNotFound, SecretNotFound
-from engine.secrets import SecretBox
-from engine.store import (
+from engine.store.interface import (
     LogLine,
     NodeRunRecord,
     RunNotFound,
@@ -43,7 +42,8 @@ from engine.store import (
     dump_json,
     normalise_node,
 )
-from engine.tables import (
+from engine.store.secrets import SecretBox
+from engine.store.tables import (
     connections,
     flow_versions,
     node_runs,

@@ -232,7 +232,7 @@ def run_job(
     import uuid
 
     from engine.errors import FlowmillError
-    from engine.flow import parse_flow_text
+    from engine.flows.format import parse_flow_text
 
     js = app.jobs
     job = js.get(job_id)

@@ -2,8 +2,8 @@
 
 ``tests/engine/test_store.py`` compares this metadata with the migrated database on every
 backend (Alembic autogenerate), so a table changed here without a migration fails a test.
-To change the schema: edit this file, then add ``engine/migrations/versions/000N_*.py``
-(``engine.store_sql.alembic_config()`` works with ``alembic.command.revision``).
+To change the schema: edit this file, then add ``engine/store/migrations/versions/000N_*.py``
+(``engine.store.sql.alembic_config()`` works with ``alembic.command.revision``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 
-from engine.store import as_utc
+from engine.store.interface import as_utc
 
 __all__ = [
     "VERSION_TABLE",

@@ -18,8 +18,8 @@ from typing import Any
 import jsonschema
 import networkx as nx
 
-from engine.params import BUILTIN_PLACEHOLDERS, param_defaults, placeholders_in, substitute
-from engine.registry import Registry
+from engine.flows.params import BUILTIN_PLACEHOLDERS, param_defaults, placeholders_in, substitute
+from engine.flows.registry import Registry
 from engine.spec import ERROR_PORT
 
 __all__ = ["ValidationIssue", "validate_flow", "flow_schema", "config_issues"]
@@ -45,7 +45,7 @@ class ValidationIssue:
 @cache
 def flow_schema() -> dict[str, Any]:
     """The JSON schema of the ``flowmill/1`` format (shipped with the package)."""
-    text = resources.files("engine").joinpath("schemas/flow.schema.json").read_text("utf-8")
+    text = resources.files("engine.flows").joinpath("schemas/flow.schema.json").read_text("utf-8")
     return json.loads(text)
 
 

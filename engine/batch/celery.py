@@ -9,7 +9,7 @@ In the worker the task asks the store what the hint is worth (``JobStore.deliver
 transaction): a job that is no longer ``running`` under that token was finished or taken
 meanwhile, so the message is acknowledged and nothing happens; a delivery beyond
 ``max_attempts`` (a worker died on the job too often) puts the job in ``dead_letter``;
-otherwise the delivery is counted and the job runs through ``engine.workers.run_job``, the
+otherwise the delivery is counted and the job runs through ``engine.batch.workers.run_job``, the
 same function the local worker processes use (heartbeat thread, cooperative cancel, the
 outcome written with the token).
 
@@ -37,7 +37,7 @@ import sqlalchemy as sa
 
 from engine.config import Settings
 from engine.errors import FlowmillError
-from engine.tables import jobs
+from engine.store.tables import jobs
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -133,7 +133,7 @@ def execute(data_dir: str, job_id: int, token: str) -> str:
     did not run; otherwise the job's final state (or ``"lost"`` when it was taken from
     this worker meanwhile).
     """
-    from engine.workers import run_job
+    from engine.batch.workers import run_job
 
     app = _flowmill(data_dir)
     where = f"celery worker {socket.gethostname()} pid {os.getpid()}"

@@ -1,7 +1,7 @@
 """Recurring schedules, named calendars and named time conditions, kept in the store.
 
 The time logic itself (cron, intervals, DST, holidays, windows, misfire) is
-``engine.calendars``; this module stores the definitions and, on every scheduler turn,
+``engine.queue.calendars``; this module stores the definitions and, on every scheduler turn,
 turns due fire times into jobs — at most one per schedule per turn, never a burst.
 """
 
@@ -17,17 +17,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from engine.calendars import (
+from engine.clock import Clock
+from engine.errors import FlowmillError
+from engine.queue.calendars import (
     DEFAULT_TZ,
     Calendar,
     Schedule,
     ScheduleError,
     TimeCondition,
 )
-from engine.clock import Clock
-from engine.errors import FlowmillError
-from engine.store_sql import SqlRunStore
-from engine.tables import calendars, schedules, time_conditions
+from engine.store.sql import SqlRunStore
+from engine.store.tables import calendars, schedules, time_conditions
 
 __all__ = ["ScheduleInfo", "ScheduleNotFound", "ScheduleStore"]
 

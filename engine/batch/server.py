@@ -7,7 +7,7 @@ this process, a finished job, or the next due time wakes it at once; work submit
 other processes (the CLI, another server) is seen within ``poll_interval``.
 
 Jobs go to a dispatcher chosen by ``settings.executor``: the local ``WorkerPool`` or the
-``CeleryDispatcher`` (engine/celery_executor.py); both offer the ``Dispatcher`` interface.
+``CeleryDispatcher`` (engine/batch/celery.py); both offer the ``Dispatcher`` interface.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from datetime import datetime, timedelta
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
-from engine.events import JobChanged, ServerHeartbeat
-from engine.jobs import Job
-from engine.leases import Lease
-from engine.requestfiles import RequestFolder
+from engine.batch.requestfiles import RequestFolder
+from engine.batch.workers import WorkerPool
+from engine.queue.jobs import Job
+from engine.queue.leases import Lease
+from engine.run.events import JobChanged, ServerHeartbeat
 from engine.service import Flowmill
-from engine.workers import WorkerPool
 
 __all__ = ["BatchServer"]
 
@@ -62,7 +62,7 @@ def make_dispatcher(app: Flowmill, server_id: str) -> Dispatcher:
     """The executor named by ``settings.executor``: ``local`` or ``celery``."""
     settings = app.settings
     if settings.executor == "celery":
-        from engine.celery_executor import CeleryDispatcher
+        from engine.batch.celery import CeleryDispatcher
 
         return CeleryDispatcher(app, server_id)
     return WorkerPool(

@@ -34,8 +34,8 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.clock import Clock, SystemClock
 from engine.errors import FlowmillError
-from engine.store_sql import SqlRunStore
-from engine.tables import api_tokens, users
+from engine.store.sql import SqlRunStore
+from engine.store.tables import api_tokens, users
 
 __all__ = [
     "ROLES",

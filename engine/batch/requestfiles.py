@@ -18,9 +18,9 @@ from typing import Any
 
 import jsonschema
 
-from engine.calendars import parse_every
 from engine.clock import parse_moment
 from engine.errors import FlowmillError
+from engine.queue.calendars import parse_every
 
 __all__ = ["REQUEST_SCHEMA", "RequestFolder"]
 

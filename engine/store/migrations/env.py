@@ -1,6 +1,6 @@
 """Alembic environment of the run store.
 
-Flowmill runs migrations itself (``engine.store_sql.upgrade``) and hands the open
+Flowmill runs migrations itself (``engine.store.sql.upgrade``) and hands the open
 connection over in ``config.attributes["connection"]``; no alembic.ini is needed. The
 ``sqlalchemy.url`` fallback and offline mode are for operators who want to run or review
 the SQL by hand.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from engine.tables import VERSION_TABLE, metadata
+from engine.store.tables import VERSION_TABLE, metadata
 
 
 def _configure(**kwargs: object) -> None:
@@ -37,7 +37,7 @@ def run_migrations() -> None:
     url = config.get_main_option("sqlalchemy.url")
     if not url:
         raise RuntimeError(
-            "no database: call engine.store_sql.upgrade(engine) or set sqlalchemy.url"
+            "no database: call engine.store.sql.upgrade(engine) or set sqlalchemy.url"
         )
     engine = sa.create_engine(url)
     try:

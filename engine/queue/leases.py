@@ -18,8 +18,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from engine.clock import Clock
-from engine.store_sql import SqlRunStore
-from engine.tables import leases, servers
+from engine.store.sql import SqlRunStore
+from engine.store.tables import leases, servers
 
 __all__ = ["Lease", "LeaseInfo", "ServerInfo", "SCHEDULER_LEASE"]
 
