@@ -14,7 +14,7 @@ from typing import Any
 import holidays
 import pytest
 
-from designer.routing import ROUTES
+from designer.web.routing import ROUTES
 from engine.batch.workers import run_job
 from engine.flows.format import dump_flow, load_flow
 from engine.run.events import Event

@@ -23,7 +23,7 @@ import redis
 import requests
 import socketio
 
-from designer.app import create_app
+from designer.web.app import create_app
 from engine.run.events import NodeProgress
 from engine.service import Flowmill
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from designer.demodata import DemoSummary, create_demo
+from designer.demo.data import DemoSummary, create_demo
 from engine.batch.workers import run_job
 from engine.queue.jobs import Job
 from engine.service import Flowmill

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from designer.demoshop import DemoShop, RunningShop, start_shop
+from designer.demo.shop import DemoShop, RunningShop, start_shop
 from engine.batch.listeners import ListenerHost
 
 from .conftest import Demo

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from designer.demodata import customers
+from designer.demo.data import customers
 from engine.queue.jobs import Job
 
 PG_ADMIN_URL = os.environ.get(

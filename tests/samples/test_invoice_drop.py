@@ -20,7 +20,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from designer.demodata import accounts, bookings
+from designer.demo.data import accounts, bookings
 from servers.fileservers import FileServers
 from tests.conftest import IN_CI
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from designer.demodata import articles, sales
+from designer.demo.data import articles, sales
 from engine.batch.listeners import ListenerHost
 from engine.run.events import CustomEvent
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
 
-from designer import auth
+from designer.web import auth
 
 __all__ = ["editor_bp", "dashboard_bp", "register"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request, session
 
-from designer.errors import Refused
-from designer.routing import api_route
+from designer.web.errors import Refused
+from designer.web.routing import api_route
 from engine.access.users import AuthError
 
 __all__ = ["bp", "authenticate_request"]

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from designer import cli_connections, cli_demo, cli_jobs, cli_users
-from designer.cli_args import pairs
-from designer.nodedocs import render_markdown
+from designer.cli import connections, demo, jobs, users
+from designer.cli.args import pairs
+from designer.web.nodedocs import render_markdown
 from engine.errors import FlowFormatError, FlowmillError
 from engine.flows.format import dump_flow, load_flow, parse_flow_text
 from engine.flows.params import ParamError
@@ -69,10 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
     for leaf in sec_sub.choices.values():
         leaf.add_argument("--data-dir", help="data directory")
-    cli_connections.add_parsers(sub)
-    cli_jobs.add_parsers(sub)
-    cli_users.add_parsers(sub)
-    cli_demo.add_parsers(sub)
+    connections.add_parsers(sub)
+    jobs.add_parsers(sub)
+    users.add_parsers(sub)
+    demo.add_parsers(sub)
     return parser
 
 
@@ -237,11 +237,11 @@ COMMANDS = {
     "validate": cmd_validate,
     "fmt": cmd_fmt,
     "nodes": cmd_nodes,
-    **cli_connections.COMMANDS,
+    **connections.COMMANDS,
     "secret": cmd_secret,
-    **cli_jobs.COMMANDS,
-    **cli_users.COMMANDS,
-    **cli_demo.COMMANDS,
+    **jobs.COMMANDS,
+    **users.COMMANDS,
+    **demo.COMMANDS,
 }
 
 

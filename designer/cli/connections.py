@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from designer.cli_args import pairs
+from designer.cli.args import pairs
 from engine.errors import FlowmillError
 from engine.service import Flowmill
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from flask import Flask, Response
 
-import designer.api_setup  # noqa: F401 - adds its routes to api.bp before it is registered
-from designer import api, auth, errors, hooks, pages
-from designer.live import LiveHub
+import designer.web.api_setup  # noqa: F401 - adds its routes to api.bp before it is registered
+from designer.web import api, auth, errors, hooks, pages
+from designer.web.live import LiveHub
 
 __all__ = ["create_app", "session_key"]
 

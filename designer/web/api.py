@@ -1,7 +1,7 @@
 """The REST API under ``/api``: a thin shell over the service layer (engine/service.py).
 
 Views read the JSON body, call one service function and return JSON. Permissions are
-declared with the route (designer/routing.py); fields a caller may not set are simply
+declared with the route (designer/web/routing.py); fields a caller may not set are simply
 not read (no mass assignment).
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 from jsonschema import Draft202012Validator
 
-from designer import auth
-from designer.errors import BadRequest
-from designer.routing import api_route, openapi_document
+from designer.web import auth
+from designer.web.errors import BadRequest
+from designer.web.routing import api_route, openapi_document
 from engine.clock import parse_moment
 from engine.errors import FlowmillError, FlowValidationError
 from engine.flows.flowstore import FlowNotFound

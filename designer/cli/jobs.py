@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from designer.cli_args import pairs
+from designer.cli.args import pairs
 from engine.clock import parse_moment
 from engine.errors import FlowmillError
 from engine.queue.calendars import parse_every
@@ -190,7 +190,7 @@ def _job_line(job: Job) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from designer.webserver import WebServer
+    from designer.web.webserver import WebServer
     from engine.batch.listeners import ListenerHost
     from engine.batch.server import BatchServer
 
@@ -219,7 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from designer.webserver import WebServer, bind, run_web
+    from designer.web.webserver import WebServer, bind, run_web
 
     with Flowmill.open(args.data_dir) as app:
         web = WebServer(app, lambda text: print(text, flush=True))

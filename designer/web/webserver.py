@@ -99,7 +99,7 @@ def _quiet_closed_websockets() -> None:
 
 
 def _load_app(data_dir: str | None) -> Any:
-    from designer.app import create_app
+    from designer.web.app import create_app
     from engine.run.eventlink import EventReceiver, socket_path
     from engine.service import Flowmill
 
@@ -154,7 +154,7 @@ class WebServer:
     def _spawn(self) -> None:
         assert self._sock is not None
         fd = self._sock.fileno()
-        command = [sys.executable, "-m", "designer.webserver", "--fd", str(fd)]
+        command = [sys.executable, "-m", "designer.web.webserver", "--fd", str(fd)]
         command += ["--data-dir", str(self.service.settings.data_dir)]
         self._child = subprocess.Popen(command, pass_fds=(fd,))
         self._spawned_at = time.monotonic()
@@ -193,7 +193,7 @@ class WebServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m designer.webserver")
+    parser = argparse.ArgumentParser(prog="python -m designer.web.webserver")
     parser.add_argument("--fd", type=int, required=True, help="listening socket from the parent")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)

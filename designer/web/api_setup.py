@@ -1,6 +1,6 @@
 """The setup part of the REST API: schedules, calendars, time conditions, connections.
 
-Registered on the same blueprint as designer/api.py (``/api``), with the same shape: read
+Registered on the same blueprint as designer/web/api.py (``/api``), with the same shape: read
 the body checked against the declared schema, call one service function, return JSON.
 Create-or-replace endpoints answer 201 for a new name and 200 for a replaced one.
 
@@ -14,8 +14,8 @@ from typing import Any
 
 from flask import jsonify
 
-from designer.api import PRIORITY, body, bp, query_int, service
-from designer.routing import api_route
+from designer.web.api import PRIORITY, body, bp, query_int, service
+from designer.web.routing import api_route
 from engine.errors import ConnectionNotFound, FlowmillError
 from engine.queue.calendars import DAY_KINDS, DEFAULT_TZ, MISFIRE_POLICIES, SPEC_KEYS
 from engine.store.interface import MAX_ID_LENGTH

@@ -1,11 +1,11 @@
 """Demo commands of ``flowmill``: ``demo init``, ``demo shop`` and ``demo mail``.
 
-``demo init`` builds the demo world of ``designer.demodata`` (ERP database, export files,
+``demo init`` builds the demo world of ``designer.demo.data`` (ERP database, export files,
 invoice, connections) in the data directory, or the ERP in any database given by
 ``--url``. An existing demo is refused unless ``--force`` is given, which drops the demo
 tables and builds them again.
 
-``demo shop`` serves the stand-in web shop of ``designer.demoshop`` in the foreground,
+``demo shop`` serves the stand-in web shop of ``designer.demo.shop`` in the foreground,
 with the demo credentials (``DEMO_SHOP``: WooCommerce consumer key and secret) and the
 ERP's articles as its catalog (sku, name, price, stock; id = ``articles.shop_id``), read
 through the ``erp`` connection of the data directory. The stand-in keeps its catalog as
@@ -17,7 +17,7 @@ shop. It also plays the weather service and webcam of the downloads sample
 (``/demo/forecast.json``, ``/demo/webcam.jpg``). Ctrl-C or SIGTERM stop it cleanly (exit 0).
 
 ``demo mail`` is the SMTP server of the ``mail`` connection (127.0.0.1:8025): it keeps
-every mail as a file in ``DATA/demo/outbox`` (designer/demomail.py).
+every mail as a file in ``DATA/demo/outbox`` (designer/demo/mail.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from designer.demodata import DEMO_SHOP, create_demo, demo_dir, existing_demo
+from designer.demo.data import DEMO_SHOP, create_demo, demo_dir, existing_demo
 from engine.errors import ConnectionNotFound, FlowmillError
 from engine.service import Flowmill
 
@@ -196,7 +196,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 
 def cmd_shop(args: argparse.Namespace) -> int:
-    from designer.demoshop import Credentials, DemoShop, serve_shop
+    from designer.demo.shop import Credentials, DemoShop, serve_shop
 
     with Flowmill.open(args.data_dir) as app:
         url = _erp_url(app)
@@ -248,7 +248,7 @@ def cmd_shop(args: argparse.Namespace) -> int:
 
 
 def cmd_mail(args: argparse.Namespace) -> int:
-    from designer.demomail import start_mail
+    from designer.demo.mail import start_mail
 
     with Flowmill.open(args.data_dir) as app:
         outbox = demo_dir(app.settings.data_dir) / "outbox"
