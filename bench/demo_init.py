@@ -5,7 +5,7 @@ Run from the repository root:  python bench/demo_init.py [--articles N] [--keep]
 Both sides run in their own process, so peak RSS is that process's own (``ru_maxrss`` of
 the child), on SQLite in a temporary folder:
 
-- flowmill: ``designer.demodata.create_demo(DATA, articles_count=N)`` — the whole demo
+- flowmill: ``designer.demo.data.create_demo(DATA, articles_count=N)`` — the whole demo
   (tables, N articles, customers, orders, export files, invoice), as ``flowmill demo
   init`` runs it minus the connection store;
 - plain: the stdlib ``sqlite3`` module creating the same ``articles`` table and inserting
@@ -46,7 +46,7 @@ MEASURE = textwrap.dedent(
 FLOWMILL = textwrap.dedent(
     """
     import sys
-    from designer.demodata import create_demo
+    from designer.demo.data import create_demo
     create_demo(sys.argv[1], articles_count=int(sys.argv[2]))
     """
 )

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.measure import percentile  # noqa: E402
-from engine.batchserver import BatchServer  # noqa: E402
-from engine.flow import write_flow  # noqa: E402
+from engine.batch.server import BatchServer  # noqa: E402
+from engine.flows.format import write_flow  # noqa: E402
 from engine.service import Flowmill  # noqa: E402
 
 NOOP = {

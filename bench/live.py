@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.measure import free_port, percentile  # noqa: E402
-from engine.events import NodeProgress  # noqa: E402
+from engine.run.events import NodeProgress  # noqa: E402
 from engine.service import Flowmill  # noqa: E402
 
 SPACING = 0.002  # seconds between published events

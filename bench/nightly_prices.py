@@ -3,7 +3,7 @@
     .venv/bin/python bench/nightly_prices.py --articles 1000000
 
 The sample's flow runs as a job through the engine (``run_job``, as a worker does),
-pushing to a stand-in WooCommerce shop (``designer.demoshop``) that serves from a child
+pushing to a stand-in WooCommerce shop (``designer.demo.shop``) that serves from a child
 process, so the engine's peak RSS is its own. The flow writes an ERP price only after the
 shop accepted it, so the push cannot be skipped; the baseline does the same work in plain
 Python (stdlib sqlite3, the same rule with Decimal, ``requests`` batches of 100 to the same
@@ -38,8 +38,8 @@ def _serve_shop(db: str, port_box: mp.Queue, stop: mp.Event) -> None:  # type: i
     import logging
     from collections import deque
 
-    from designer.demodata import DEMO_SHOP
-    from designer.demoshop import Credentials, DemoShop, start_shop
+    from designer.demo.data import DEMO_SHOP
+    from designer.demo.shop import Credentials, DemoShop, start_shop
 
     class _Forgetful(dict):  # the bench sends each batch once: keep no replay store
         def __setitem__(self, key, value):  # type: ignore[no-untyped-def]
@@ -73,9 +73,9 @@ def rule(
 
 
 def _flow(db: str, data_dir: str, shop_url: str, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    from designer.demodata import DEMO_SHOP
+    from designer.demo.data import DEMO_SHOP
+    from engine.batch.workers import run_job
     from engine.service import Flowmill
-    from engine.workers import run_job
 
     app = Flowmill.open(Path(data_dir))
     app.set_connection("erp", {"type": "sql", "url": f"sqlite:///{db}"})
@@ -100,7 +100,7 @@ def _flow(db: str, data_dir: str, shop_url: str, out: mp.Queue) -> None:  # type
 def _baseline(db: str, shop_url: str, push: bool, out: mp.Queue) -> None:  # type: ignore[type-arg]
     import requests
 
-    from designer.demodata import DEMO_SHOP
+    from designer.demo.data import DEMO_SHOP
 
     session = requests.Session()
     session.auth = (DEMO_SHOP["user"], DEMO_SHOP["password"])
@@ -156,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--articles", type=int, default=1_000_000)
     args = parser.parse_args()
-    from designer.demodata import create_demo
+    from designer.demo.data import create_demo
 
     work = Path(tempfile.mkdtemp(prefix="bench-nightly-"))
     try:

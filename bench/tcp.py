@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.measure import free_port, percentile  # noqa: E402
-from engine.listeners import ListenerHost  # noqa: E402
+from engine.batch.listeners import ListenerHost  # noqa: E402
 from engine.service import Flowmill  # noqa: E402
 
 

@@ -14,24 +14,31 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from engine.calendars import SPEC_KEYS, Calendar, ScheduleError, TimeCondition, preview
+from engine.access.users import UserStore
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
 from engine.errors import ConnectionNotFound, FlowmillError, FlowValidationError
-from engine.eventlink import EventSender, socket_path
-from engine.events import Event, EventBus, FlowSaved
-from engine.executor import Executor, RunResult
-from engine.flow import dump_flow, find_unstorable_text, flow_hash, load_flow, parse_flow_text
-from engine.flowstore import ANY, FlowInfo, FlowStore
-from engine.jobs import Job, JobStore
-from engine.params import TRIGGER_PARAM, ParamError, resolve_params
-from engine.recorder import RunRecorder
-from engine.registry import Registry
-from engine.schedules import ScheduleInfo, ScheduleStore
-from engine.store import MAX_ID_LENGTH, RunStore, open_store
-from engine.store_sql import SqlRunStore
-from engine.users import UserStore
-from engine.validate import ValidationIssue, validate_flow
+from engine.flows.flowstore import ANY, FlowInfo, FlowStore
+from engine.flows.format import (
+    dump_flow,
+    find_unstorable_text,
+    flow_hash,
+    load_flow,
+    parse_flow_text,
+)
+from engine.flows.params import TRIGGER_PARAM, ParamError, resolve_params
+from engine.flows.registry import Registry
+from engine.flows.validate import ValidationIssue, validate_flow
+from engine.queue.calendars import SPEC_KEYS, Calendar, ScheduleError, TimeCondition, preview
+from engine.queue.jobs import Job, JobStore
+from engine.queue.schedules import ScheduleInfo, ScheduleStore
+from engine.run.eventlink import EventSender, socket_path
+from engine.run.events import Event, EventBus, FlowSaved
+from engine.run.executor import Executor, RunResult
+from engine.run.recorder import RunRecorder
+from engine.store.factory import open_store
+from engine.store.interface import MAX_ID_LENGTH, RunStore
+from engine.store.sql import SqlRunStore
 
 __all__ = ["Flowmill", "TRIGGER_SCHEDULE_PREFIX", "check_name"]
 
@@ -122,7 +129,7 @@ class Flowmill:
 
     def forward_events(self) -> None:
         """Send this process's events to the web app of the data directory, if one runs,
-        so the dashboard sees runs of workers and CLI commands live (engine/eventlink.py)."""
+        so the dashboard sees runs of workers and CLI commands live (engine/run/eventlink.py)."""
         if self._forwarding is None:
             sender = EventSender(socket_path(self.settings.data_dir))
             self._forwarding = (sender, self.bus.subscribe(Event, sender))
@@ -481,7 +488,7 @@ class Flowmill:
     # -- status --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Servers, who holds the scheduler lease, queue depth and running jobs."""
-        from engine.leases import Lease
+        from engine.queue.leases import Lease
 
         lease = Lease(self._sql_store(), self.clock, holder="status", timeout=1)
         info = lease.info()

@@ -116,7 +116,7 @@ class NodeSpec:
     check: Callable[[dict[str, Any]], list[ConfigProblem]] | None = None
     # Nodes that run arbitrary code ship disabled; an admin switches them on.
     enabled_by_default: bool = True
-    # Event triggers: ``listen(ctx: engine.listeners.ListenContext)`` runs in the server
+    # Event triggers: ``listen(ctx: engine.batch.listeners.ListenContext)`` runs in the server
     # process (never in a run), blocks until ``ctx.stopping`` is set and calls ``ctx.fire``.
     listen: Callable[[Any], None] | None = None
 

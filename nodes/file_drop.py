@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from engine.batch.filedrops import SOURCES
 from engine.errors import NodeError
-from engine.filedrops import SOURCES
-from engine.params import TRIGGER_PARAM
+from engine.flows.params import TRIGGER_PARAM
 from engine.spec import ConfigProblem, Inputs, NodeSpec, Outputs, RunContext
 
 __all__ = ["FILE_DROP", "NODES"]

@@ -43,8 +43,8 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
+from engine.batch.listeners import ListenContext
 from engine.errors import FlowmillError, NodeError, PermanentError
-from engine.listeners import ListenContext
 from engine.spec import (
     DEFAULT_BATCH_SIZE,
     Batch,

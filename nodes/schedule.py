@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.calendars import SPEC_KEYS, Schedule, ScheduleError
+from engine.queue.calendars import SPEC_KEYS, Schedule, ScheduleError
 from engine.spec import ConfigProblem, NodeSpec
 from nodes.triggers import manual
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ExpressionError, NodeError
-from engine.expressions import check_expression, compile_expression
+from engine.run.expressions import check_expression, compile_expression
 from engine.spec import (
     Batch,
     ConfigProblem,

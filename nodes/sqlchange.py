@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from engine.errors import FlowmillError, NodeError
+from engine.run.streams import json_safe
 from engine.spec import ConfigProblem, NodeSpec
-from engine.streams import json_safe
 from nodes.sql import _db_message, _resolve_url, _safe
 from nodes.triggers import event_records
 

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import FlowmillError
-from engine.flow import find_unstorable_text
+from engine.flows.format import find_unstorable_text
 from engine.spec import ConfigProblem, NodeSpec
 from nodes.triggers import event_records
 

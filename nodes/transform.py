@@ -11,7 +11,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any, NamedTuple
 
 from engine.errors import ExpressionError
-from engine.expressions import check_expression, compile_expression, compile_map
+from engine.run.expressions import check_expression, compile_expression, compile_map
 from engine.spec import Batch, ConfigProblem, Inputs, NodeSpec, Outputs, RunContext
 
 __all__ = ["NODES", "MAP", "FILTER", "SELECT"]

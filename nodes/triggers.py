@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.listeners import fired_records
-from engine.params import TRIGGER_PARAM
+from engine.batch.listeners import fired_records
+from engine.flows.params import TRIGGER_PARAM
 from engine.spec import Inputs, NodeSpec, Outputs, RunContext, batched
 
 __all__ = ["NODES", "MANUAL", "event_records"]

@@ -1,6 +1,6 @@
 """``trigger.webhook``: an HTTP request to ``/hooks/<path>`` on the web port starts the flow.
 
-The web app (designer/hooks.py) finds the enabled flows whose webhook node has the
+The web app (designer/web/hooks.py) finds the enabled flows whose webhook node has the
 request's path and method, checks the caller (a shared token or an HMAC signature of the
 body, both compared in constant time), turns the body and query into the first record and
 queues a job. ``respond: immediately`` answers 202 with the job id; ``respond: wait``

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from engine.batch.filedrops import matches
+from engine.batch.requestfiles import RequestFolder
 from engine.errors import FlowmillError
-from engine.filedrops import matches
-from engine.requestfiles import RequestFolder
 from servers.drops import DropEvent, DropQueue
 
 __all__ = ["DropDispatcher"]

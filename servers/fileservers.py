@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.statusfile import read_status as read_status_file
-from engine.statusfile import status_path, write_status
+from engine.batch.statusfile import read_status as read_status_file
+from engine.batch.statusfile import status_path, write_status
 from servers.dispatch import DropDispatcher
 from servers.drops import DropQueue
 from servers.localwatch import LocalWatcher

@@ -63,7 +63,7 @@ UPLOAD_PREFIX = ".flowmill-upload-"
 PERMISSIONS = "elrdfmw"
 STALE_UPLOAD_SECONDS = 3600  # far beyond the 300 s after which a stalled transfer is cut
 BUSY_REPLY = "421 Server busy, upload not accepted; try again later."
-_USER_NAME = re.compile(r"[a-z0-9_.-]{1,64}")  # the user store's names (engine/users.py)
+_USER_NAME = re.compile(r"[a-z0-9_.-]{1,64}")  # the user store's names (engine/access/users.py)
 _ANONYMOUS = frozenset({"anonymous", "ftp"})
 
 

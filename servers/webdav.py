@@ -84,7 +84,7 @@ LIVE_PROPS = (
     "supportedlock",
 )
 _HOST_HEADER = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
-_USER_NAME = re.compile(r"[a-z0-9_.-]{1,64}")  # the user store's names (engine/users.py)
+_USER_NAME = re.compile(r"[a-z0-9_.-]{1,64}")  # the user store's names (engine/access/users.py)
 
 
 class _Refused(Exception):

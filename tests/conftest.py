@@ -103,7 +103,7 @@ def require_program(name: str) -> str:
 
 def run_queued(app: Any, worker: str = "test-worker") -> list[str]:
     """Run every queued job in order, as a worker of the batch server does; their states."""
-    from engine.workers import run_job
+    from engine.batch.workers import run_job
 
     outcomes = []
     while (job := app.jobs.claim(worker)) is not None:

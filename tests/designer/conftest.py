@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from designer.app import create_app
+from designer.web.app import create_app
 from engine.service import Flowmill
 
 PASSWORD = "correct horse battery"

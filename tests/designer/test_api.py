@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from engine.flow import dump_flow, load_flow
+from engine.flows.format import dump_flow, load_flow
 from engine.service import Flowmill
 
 ROOT = Path(__file__).parents[2]
@@ -161,7 +161,7 @@ def test_jobs_through_the_api(as_role: Any, service: Flowmill):
 def test_job_detail_has_node_runs_counts_and_samples(as_role: Any, service: Flowmill):
     import threading
 
-    from engine.workers import run_job
+    from engine.batch.workers import run_job
 
     service.import_flow(SAMPLE)  # keeps the file's folder for ${flow_dir}
     job = service.submit("csv-to-sql")

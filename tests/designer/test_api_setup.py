@@ -14,12 +14,12 @@ from typing import Any
 import holidays
 import pytest
 
-from designer.routing import ROUTES
-from engine.events import Event
-from engine.flow import dump_flow, load_flow
-from engine.secrets import SecretKeyError
+from designer.web.routing import ROUTES
+from engine.batch.workers import run_job
+from engine.flows.format import dump_flow, load_flow
+from engine.run.events import Event
 from engine.service import Flowmill
-from engine.workers import run_job
+from engine.store.secrets import SecretKeyError
 
 ROOT = Path(__file__).parents[2]
 SAMPLE = ROOT / "samples" / "csv-to-sql.flow.json"

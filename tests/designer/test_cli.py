@@ -294,7 +294,7 @@ def test_secret_and_connection_names_with_control_characters_are_refused(data_di
 def test_runs_are_recorded_in_the_store_with_the_flow_version(data_dir: Path):
     result = flowmill("run", str(SAMPLE), "--json", data_dir=data_dir)
     summary = json.loads(result.stdout)
-    from engine.store import open_store
+    from engine.store.factory import open_store
 
     store = open_store(None, data_dir)
     try:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.access.users import AuthError
 from engine.service import Flowmill
-from engine.users import AuthError
 
 ROOT = Path(__file__).parents[2]
 FLOWMILL = Path(sys.executable).parent / "flowmill"

@@ -18,7 +18,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from designer.demodata import DEMO_SHOP, DEMO_TABLES, EXPORT_COLUMNS, FIXED_WIDTHS
+from designer.demo.data import DEMO_SHOP, DEMO_TABLES, EXPORT_COLUMNS, FIXED_WIDTHS
 from tests.conftest import DEADLINE
 
 ROOT = Path(__file__).parents[2]
@@ -369,7 +369,7 @@ def test_demo_mail_keeps_every_mail_in_the_outbox(data_dir: Path) -> None:
 
 
 def test_the_demo_partner_serves_a_forecast_and_a_webcam_still() -> None:
-    from designer.demoshop import DemoShop, create_shop_app
+    from designer.demo.shop import DemoShop, create_shop_app
 
     http = create_shop_app(DemoShop()).test_client()
     forecast = http.get("/demo/forecast.json")

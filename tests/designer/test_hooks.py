@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from engine.batch.workers import run_job
 from engine.service import Flowmill
-from engine.workers import run_job
 from nodes.webhook import check_webhook
 from tests.conftest import run_queued
 

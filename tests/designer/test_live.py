@@ -23,8 +23,8 @@ import redis
 import requests
 import socketio
 
-from designer.app import create_app
-from engine.events import NodeProgress
+from designer.web.app import create_app
+from engine.run.events import NodeProgress
 from engine.service import Flowmill
 from tests.conftest import DEADLINE
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.flow import write_flow
+from engine.flows.format import write_flow
 from engine.service import Flowmill
 from tests.conftest import DEADLINE, wait_until
 
@@ -157,7 +157,7 @@ def _web_children(pid: int) -> list[psutil.Process]:
         children = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    return [p for p in children if "designer.webserver" in " ".join(_cmdline(p))]
+    return [p for p in children if "designer.web.webserver" in " ".join(_cmdline(p))]
 
 
 def _alive(process: psutil.Process) -> bool:

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine.batchserver import BatchServer
-from engine.flow import write_flow
-from engine.jobs import Job
+from engine.batch.server import BatchServer
+from engine.flows.format import write_flow
+from engine.queue.jobs import Job
 from engine.service import Flowmill
 from tests.conftest import DEADLINE, wait_until
 
@@ -375,7 +375,7 @@ def test_flows_folder_flow_with_a_schedule_trigger_runs_by_itself(make_server, t
 def test_a_worker_gets_jobs_only_once_it_has_booted(tmp_path):
     """A job handed to a worker that is still importing would miss its heartbeats (seconds
     on a busy machine) and be taken for lost before it ever ran."""
-    from engine.workers import WorkerPool
+    from engine.batch.workers import WorkerPool
 
     pool = WorkerPool(1, tmp_path, "test-server", heartbeat=0.2)
     pool.start()

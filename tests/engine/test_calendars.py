@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.calendars import (
+from engine.errors import FlowmillError
+from engine.queue.calendars import (
     Calendar,
     Schedule,
     ScheduleError,
@@ -24,7 +25,6 @@ from engine.calendars import (
     parse_every,
     preview,
 )
-from engine.errors import FlowmillError
 
 BERLIN = ZoneInfo("Europe/Berlin")
 US = timedelta(microseconds=1)

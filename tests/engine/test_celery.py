@@ -24,10 +24,10 @@ from typing import Any
 import psutil
 import pytest
 
-from engine.batchserver import BatchServer
-from engine.celery_executor import TASK_NAME, CeleryDispatcher, create_app
-from engine.flow import write_flow
-from engine.jobs import Job
+from engine.batch.celery import TASK_NAME, CeleryDispatcher, create_app
+from engine.batch.server import BatchServer
+from engine.flows.format import write_flow
+from engine.queue.jobs import Job
 from engine.service import Flowmill
 from tests.conftest import DEADLINE, wait_until
 

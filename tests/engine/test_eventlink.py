@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.eventlink import (
+from engine.run.eventlink import (
     MAX_DATAGRAM,
     RETRY_AFTER,
     EventReceiver,
@@ -19,7 +19,7 @@ from engine.eventlink import (
     encode_event,
     socket_path,
 )
-from engine.events import LogEmitted, NodeFinished, NodeProgress
+from engine.run.events import LogEmitted, NodeFinished, NodeProgress
 from engine.service import Flowmill
 from tests.conftest import DEADLINE, wait_until
 
@@ -44,7 +44,7 @@ def test_events_of_another_process_arrive_complete_and_in_order(data_dir: Path) 
     try:
         code = (
             "import sys\n"
-            "from engine.events import NodeProgress\n"
+            "from engine.run.events import NodeProgress\n"
             "from engine.service import Flowmill\n"
             "app = Flowmill.open(sys.argv[1])\n"
             "for i in range(1000):\n"

@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 
 from engine.errors import FlowValidationError
-from engine.events import (
+from engine.flows.format import flow_hash
+from engine.flows.params import ParamError
+from engine.flows.registry import Registry
+from engine.run.events import (
     Event,
     EventBus,
     NodeFinished,
@@ -20,10 +23,7 @@ from engine.events import (
     RunFinished,
     RunStarted,
 )
-from engine.executor import Executor
-from engine.flow import flow_hash
-from engine.params import ParamError
-from engine.registry import Registry
+from engine.run.executor import Executor
 from engine.service import Flowmill
 from engine.spec import Batch, Inputs, NodeSpec, Outputs, RunContext
 from tests.conftest import DEADLINE

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-import engine.expressions as expressions
+import engine.run.expressions as expressions
 from engine.errors import ExpressionError
-from engine.expressions import FUNCTIONS, check_expression, compile_expression
+from engine.run.expressions import FUNCTIONS, check_expression, compile_expression
 
 RECORD = {"price": 10.5, "qty": 3, "sku": "A-1"}
 

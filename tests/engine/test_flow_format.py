@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import FlowFormatError
-from engine.flow import (
+from engine.flows.format import (
     MAX_FLOW_BYTES,
     dump_flow,
     flow_hash,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.clock import FakeClock
-from engine.flow import write_flow
+from engine.flows.format import write_flow
 from engine.service import Flowmill
 
 

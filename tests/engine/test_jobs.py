@@ -10,9 +10,9 @@ import pytest
 
 from engine.clock import FakeClock, parse_moment
 from engine.errors import FlowmillError
-from engine.events import EventBus, JobChanged
-from engine.jobs import JobError, JobNotFound, JobStore
-from engine.store import open_store
+from engine.queue.jobs import JobError, JobNotFound, JobStore
+from engine.run.events import EventBus, JobChanged
+from engine.store.factory import open_store
 
 HASH = "0" * 64
 

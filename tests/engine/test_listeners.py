@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from engine.batch.listeners import ListenContext, ListenerHost, TriggerStateStore, read_status
 from engine.errors import FlowmillError
-from engine.listeners import ListenContext, ListenerHost, TriggerStateStore, read_status
-from engine.registry import Registry
+from engine.flows.registry import Registry
 from engine.service import Flowmill
 from engine.spec import NodeSpec
 from nodes.triggers import event_records

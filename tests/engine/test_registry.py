@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import DuplicateNodeType, NodeTypeError, UnknownNodeType
-from engine.registry import Registry
+from engine.flows.registry import Registry
 
 BUILTINS = {
     "transform.aggregate": "nodes.shaping",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.calendars import ScheduleError
 from engine.clock import FakeClock
 from engine.errors import FlowmillError
-from engine.flow import write_flow
+from engine.flows.format import write_flow
+from engine.queue.calendars import ScheduleError
 from engine.service import Flowmill
 
 # Monday 2026-11-23 07:30 in Berlin (CET, UTC+1)

@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from engine.errors import FlowmillError
-from engine.secrets import ENV_KEY, KEY_FILE, SecretBox, SecretKeyError
 from engine.service import Flowmill
-from engine.store import open_store
+from engine.store.factory import open_store
+from engine.store.secrets import ENV_KEY, KEY_FILE, SecretBox, SecretKeyError
 
 
 @pytest.fixture(autouse=True)

@@ -16,19 +16,19 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from engine import tables
 from engine.errors import ConnectionNotFound, FlowmillError, SecretNotFound
-from engine.secrets import ENV_KEY
-from engine.store import (
+from engine.store import tables
+from engine.store.factory import open_store
+from engine.store.interface import (
     LogLine,
     NodeRunRecord,
     RunNotFound,
     RunRecord,
     RunStore,
-    open_store,
 )
-from engine.store_memory import MemoryRunStore
-from engine.store_sql import SqlRunStore, alembic_config
+from engine.store.memory import MemoryRunStore
+from engine.store.secrets import ENV_KEY
+from engine.store.sql import SqlRunStore, alembic_config
 
 # The memory store borrows the cheap "sqlite" db_url (a path string) and ignores it.
 every_store = pytest.mark.parametrize(

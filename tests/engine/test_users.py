@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from engine import users as users_module
-from engine.clock import FakeClock
-from engine.errors import FlowmillError
-from engine.service import Flowmill
-from engine.store import open_store
-from engine.store_sql import SqlRunStore
-from engine.tables import api_tokens, users
-from engine.users import (
+from engine.access import users as users_module
+from engine.access.users import (
     ALL_PERMISSIONS,
     PERMISSIONS,
     ROLES,
@@ -34,6 +28,12 @@ from engine.users import (
     hash_password,
     verify_password,
 )
+from engine.clock import FakeClock
+from engine.errors import FlowmillError
+from engine.service import Flowmill
+from engine.store.factory import open_store
+from engine.store.sql import SqlRunStore
+from engine.store.tables import api_tokens, users
 
 PW = "correct horse battery"
 
@@ -418,7 +418,7 @@ def test_service_layer_exposes_the_user_store(data_dir: Path):
 def test_migration_0003_goes_down_and_up_again(sql: SqlRunStore):
     from alembic import command
 
-    from engine.store_sql import alembic_config, upgrade
+    from engine.store.sql import alembic_config, upgrade
 
     with sql.engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0002")

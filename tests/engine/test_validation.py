@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from engine.registry import Registry
+from engine.flows.registry import Registry
+from engine.flows.validate import ValidationIssue, validate_flow
 from engine.spec import ConfigProblem, NodeSpec
-from engine.validate import ValidationIssue, validate_flow
 
 
 def _noop(ctx: Any, config: dict, inputs: Any) -> dict:

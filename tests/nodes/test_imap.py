@@ -32,10 +32,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from engine.batch.listeners import ListenerHost
+from engine.batch.workers import run_job
 from engine.errors import FlowmillError
-from engine.listeners import ListenerHost
 from engine.service import Flowmill
-from engine.workers import run_job
 from nodes.imap import check_trigger, parse_message, safe_file_name, try_connection
 from nodes.mail import try_smtp_connection
 from servers.tls import certificate
@@ -537,7 +537,7 @@ def test_smtp_connection_test_does_starttls_and_logs_in(tmp_path):
 
 
 def test_registry_knows_both_connection_types():
-    from engine.registry import Registry
+    from engine.flows.registry import Registry
 
     registry = Registry.from_modules(["nodes.mail", "nodes.imap"])
     assert [k.kind for k in registry.connection_types()] == ["imap", "smtp"]

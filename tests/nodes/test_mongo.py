@@ -20,12 +20,12 @@ import pymongo
 import pytest
 from bson import ObjectId
 
+from engine.batch.listeners import ListenerHost, TriggerStateStore
 from engine.errors import FlowmillError, PermanentError, RecordError
-from engine.listeners import ListenerHost, TriggerStateStore
-from engine.registry import Registry
+from engine.flows.registry import Registry
+from engine.flows.validate import validate_flow
 from engine.service import Flowmill
 from engine.testing import run_node
-from engine.validate import validate_flow
 from nodes.mongo import (
     CONNECTION_TYPES,
     MONGO_AGGREGATE,

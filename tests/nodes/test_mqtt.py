@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
+from engine.batch.listeners import ListenerHost
 from engine.errors import NodeError, PermanentError, RecordError, is_permanent
-from engine.listeners import ListenerHost
-from engine.registry import Registry
+from engine.flows.registry import Registry
 from engine.service import Flowmill
 from engine.testing import run_node
 from nodes.mqtt import (

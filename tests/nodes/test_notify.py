@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.events import CustomEvent
+from engine.run.events import CustomEvent
 from engine.service import Flowmill
 from engine.testing import run_node
 from nodes.notify import BROADCAST, check_broadcast

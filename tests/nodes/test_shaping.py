@@ -12,11 +12,11 @@ import pytest
 
 from engine.config import Settings
 from engine.errors import NodeError, RecordError
-from engine.registry import Registry
+from engine.flows.registry import Registry
+from engine.flows.validate import validate_flow
 from engine.service import Flowmill
-from engine.store import open_store
+from engine.store.factory import open_store
 from engine.testing import run_node
-from engine.validate import validate_flow
 from nodes.shaping import AGGREGATE, JOIN, SORT, SWITCH, check_aggregate, check_join, check_switch
 
 ORDERS = [

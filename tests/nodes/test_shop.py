@@ -1,4 +1,4 @@
-"""shop.push against the stand-in shop (designer.demoshop) running on a loopback port."""
+"""shop.push against the stand-in shop (designer.demo.shop) running on a loopback port."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from designer.demoshop import Credentials, DemoShop, Limits, RunningShop, start_shop
+from designer.demo.shop import Credentials, DemoShop, Limits, RunningShop, start_shop
 from engine.errors import FlowmillError, NodeError, PermanentError, is_permanent
 from engine.spec import NodeLogger, RunContext, batched
 from engine.testing import NodeResult, run_node

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine.listeners import ListenerHost, TriggerStateStore
+from engine.batch.listeners import ListenerHost, TriggerStateStore
 from engine.service import Flowmill
 from nodes.sqlchange import check_sql_change
 from tests.conftest import run_queued, wait_until

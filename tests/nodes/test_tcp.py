@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from engine.batch.listeners import ListenContext, ListenerHost
+from engine.batch.workers import run_job
 from engine.errors import FlowValidationError
-from engine.listeners import ListenContext, ListenerHost
 from engine.service import Flowmill
-from engine.workers import run_job
 from nodes.tcp import check_tcp, unescape, unescape_text
 from tests.conftest import DEADLINE
 

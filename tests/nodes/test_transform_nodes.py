@@ -9,10 +9,10 @@ from decimal import Decimal
 import pytest
 
 from engine.errors import RecordError, RunCancelled
-from engine.registry import Registry
+from engine.flows.registry import Registry
+from engine.flows.validate import validate_flow
 from engine.spec import NodeLogger, RunContext
 from engine.testing import run_node
-from engine.validate import validate_flow
 from nodes.transform import FILTER, MAP, SELECT, check_map
 from nodes.triggers import MANUAL
 from nodes.util import DELAY

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from engine.flow import write_flow
+from engine.flows.format import write_flow
 from engine.service import Flowmill
 from tests.conftest import DEADLINE, wait_until
 

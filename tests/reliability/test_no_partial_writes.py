@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from engine.config import Settings
-from engine.registry import Registry
+from engine.flows.registry import Registry
 from engine.service import Flowmill
-from engine.store import open_store
+from engine.store.factory import open_store
 
 ROWS = 10_000
 BAD_ROW = 5_000

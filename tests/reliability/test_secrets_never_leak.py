@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from engine.batch.workers import run_job
 from engine.errors import FlowmillError
-from engine.events import Event
-from engine.flow import dump_flow
+from engine.flows.format import dump_flow
+from engine.run.events import Event
 from engine.service import Flowmill
-from engine.workers import run_job
 
 API_TOKEN = "Tq4-api-token-9911"
 DB_PASSWORD = "Db7-password-2024"

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from designer.demodata import DemoSummary, create_demo
-from engine.jobs import Job
+from designer.demo.data import DemoSummary, create_demo
+from engine.batch.workers import run_job
+from engine.queue.jobs import Job
 from engine.service import Flowmill
-from engine.workers import run_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"

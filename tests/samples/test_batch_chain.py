@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from designer.demodata import articles
-from designer.demoshop import Credentials, DemoShop, RunningShop, start_shop
-from engine.jobs import Job
+from designer.demo.data import articles
+from designer.demo.shop import Credentials, DemoShop, RunningShop, start_shop
+from engine.queue.jobs import Job
 
 from .conftest import Demo
 

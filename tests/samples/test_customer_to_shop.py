@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from designer.demoshop import DemoShop, RunningShop, start_shop
-from engine.listeners import ListenerHost
+from designer.demo.shop import DemoShop, RunningShop, start_shop
+from engine.batch.listeners import ListenerHost
 
 from .conftest import Demo
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from designer.demodata import customers
-from engine.jobs import Job
+from designer.demo.data import customers
+from engine.queue.jobs import Job
 
 PG_ADMIN_URL = os.environ.get(
     "FLOWMILL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

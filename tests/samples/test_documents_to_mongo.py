@@ -16,7 +16,7 @@ import pymongo
 import pytest
 import sqlalchemy as sa
 
-from designer.demodata import customers
+from designer.demo.data import customers
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

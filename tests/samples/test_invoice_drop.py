@@ -19,7 +19,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from designer.demodata import accounts, bookings
+from designer.demo.data import accounts, bookings
 from servers.fileservers import FileServers
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import holidays
 import pytest
 import sqlalchemy as sa
 
-from designer.demodata import DEMO_SHOP, create_demo
-from designer.demoshop import Credentials, DemoShop, RunningShop, start_shop
+from designer.demo.data import DEMO_SHOP, create_demo
+from designer.demo.shop import Credentials, DemoShop, RunningShop, start_shop
 
 from .conftest import Demo
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from designer.demodata import FIXED_WIDTHS, sales
-from engine.events import CustomEvent
+from designer.demo.data import FIXED_WIDTHS, sales
+from engine.run.events import CustomEvent
 from servers.dispatch import DropDispatcher
 from servers.drops import DropQueue, drop_home
 from servers.ftps import FtpsServer

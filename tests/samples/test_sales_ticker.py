@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from designer.demodata import articles, sales
-from engine.events import CustomEvent
-from engine.listeners import ListenerHost
+from designer.demo.data import articles, sales
+from engine.batch.listeners import ListenerHost
+from engine.run.events import CustomEvent
 from tests.conftest import DEADLINE
 
 from .conftest import SAMPLES, Demo

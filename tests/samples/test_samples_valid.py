@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.flow import dump_flow, load_flow
-from engine.registry import Registry
-from engine.validate import validate_flow
+from engine.flows.format import dump_flow, load_flow
+from engine.flows.registry import Registry
+from engine.flows.validate import validate_flow
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "samples").glob("*.flow.json"))

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from engine.filedrops import matches
-from engine.params import ParamError
+from engine.batch.filedrops import matches
+from engine.flows.params import ParamError
 from engine.service import Flowmill
 from nodes.file_drop import check_file_drop
 from servers.dispatch import DropDispatcher
