@@ -101,6 +101,16 @@ def require_program(name: str) -> str:
     return str(path)
 
 
+def status_shown(env: dict[str, str]) -> str:
+    """What ``flowmill status`` prints for the server of ``env`` (its data directory)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "designer.cli", "status"], env=env, capture_output=True,
+        text=True, timeout=DEADLINE,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def run_queued(app: Any, worker: str = "test-worker") -> list[str]:
     """Run every queued job in order, as a worker of the batch server does; their states."""
     from engine.batch.workers import run_job

@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 from engine.service import Flowmill
-from tests.conftest import DEADLINE, wait_until
+from tests.conftest import DEADLINE, status_shown, wait_until
 
 USER, PASSWORD = "erp", "erp drop password 1"
 DROP = {"folder": "in", "pattern": "*.csv", "after": "move"}
@@ -106,16 +106,8 @@ def test_uploads_over_ftps_and_webdav_run_their_flows_and_status_shows_the_serve
         wait_until(lambda: not (home / "orders.csv").exists(), what="the upload moved away")
         assert (home / "processed" / "orders.csv").read_bytes() == payload
 
-        def status() -> str:
-            done = subprocess.run(
-                [sys.executable, "-m", "designer.cli", "status"], env=env, capture_output=True,
-                text=True, timeout=DEADLINE,
-            )  # fmt: skip
-            assert done.returncode == 0, done.stderr
-            return done.stdout
-
         def both_counted() -> str:
-            text = status()
+            text = status_shown(env)
             return text if "file drops: 2 jobs started" in text else ""
 
         # the status file is rewritten every 2 s: wait for the one that counts both jobs

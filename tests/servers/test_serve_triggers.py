@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 
 from engine.service import Flowmill
-from tests.conftest import DEADLINE, wait_until
+from tests.conftest import DEADLINE, status_shown, wait_until
 
 TOKEN = "ticker-hook-token-1"
 
@@ -131,17 +131,9 @@ def test_serve_listens_for_tcp_messages_and_webhooks(tmp_path: Path) -> None:
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"qty": 2, "price": 4.5, "total": 9.0}
 
-        def status() -> str:
-            done = subprocess.run(
-                [sys.executable, "-m", "designer.cli", "status"], env=env, capture_output=True,
-                text=True, timeout=DEADLINE,
-            )  # fmt: skip
-            assert done.returncode == 0, done.stderr
-            return done.stdout
-
         # the listener status is rewritten every 2 s: wait for the one that counts both jobs
         expected = "trigger ticker/tcp (trigger.tcp): listening, 2 jobs started"
-        wait_until(lambda: expected in status(), what=expected, interval=0.5)
+        wait_until(lambda: expected in status_shown(env), what=expected, interval=0.5)
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(30)
