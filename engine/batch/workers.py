@@ -282,6 +282,10 @@ def run_job(
 
     js = app.jobs
     job = js.get(job_id)
+    # the first beat, before anything runs, says "taken": a claimed job that never got one
+    # was not started, and the heartbeat rule may queue it again (JobStore.lost)
+    if not js.heartbeat(job_id, worker):
+        return "lost"
     stop_beating = threading.Event()
 
     def beat() -> None:

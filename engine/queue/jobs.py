@@ -676,18 +676,55 @@ class JobStore:
         limit = self.clock.now() - timeout
         stale = self._tx(
             lambda conn: conn.execute(
-                sa.select(jobs.c.id, jobs.c.worker)
+                sa.select(jobs.c.id, jobs.c.worker, jobs.c.started_at, jobs.c.heartbeat_at)
                 .where(jobs.c.state == "running")
                 .where(jobs.c.heartbeat_at < limit)
             ).all(),
             write=False,
         )
         done = []
-        for job_id, worker in stale:
-            job = self.finish(job_id, worker, "failed", "worker lost: no heartbeat")
+        for job_id, worker, started_at, beat_at in stale:
+            if beat_at == started_at:
+                # no worker ever took it (a worker beats before it does anything): its
+                # server died between the claim and the hand-over. Nothing of it ran.
+                job = self._requeue_untaken(job_id, worker, started_at)
+            else:
+                job = self.finish(job_id, worker, "failed", "worker lost: no heartbeat")
             if job is not None:
                 done.append(job)
         return done
+
+    def _requeue_untaken(self, job_id: int, worker: str, started_at: datetime) -> Job | None:
+        """Put a claimed job that no worker took back in the queue, its attempt not counted."""
+        now = self.clock.now()
+
+        def work(conn: Connection) -> Job | None:
+            changed = conn.execute(
+                sa.update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.worker == worker,
+                    jobs.c.state == "running",
+                    jobs.c.heartbeat_at == started_at,  # still untaken: no beat since the claim
+                )
+                .values(
+                    state="queued",
+                    worker=None,
+                    started_at=None,
+                    heartbeat_at=None,
+                    attempts=jobs.c.attempts - 1,
+                    updated_at=now,
+                )
+            )
+            if changed.rowcount != 1:
+                return None
+            self._log(
+                conn, job_id, f"not started: no worker took it from {worker}; queued again"
+            )
+            return self._get(conn, job_id)
+
+        job = self._tx(work)
+        return self._changed(job, "running") if job is not None else None
 
     def running(self) -> list[Job]:
         return self.list(state="running", limit=10_000)

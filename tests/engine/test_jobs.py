@@ -225,3 +225,18 @@ def test_a_kill_of_a_job_that_starts_meanwhile_asks_its_worker_to_stop(
     with pytest.raises(JobError, match="succeeded"):
         js.finish(job.id, "w1", "succeeded")
         js.request_kill(job.id)  # a finished job cannot be killed: that is not a race
+
+
+def test_a_claimed_job_no_worker_took_is_queued_again_without_using_an_attempt(
+    js: JobStore, clock: FakeClock
+):
+    """Its server died between the claim and the hand-over: nothing of it ran."""
+    job = submit(js, max_attempts=1)
+    js.claim("w")
+    clock.advance(31)
+    lost = js.lost(timedelta(seconds=30))
+    assert [(j.id, j.state, j.attempts) for j in lost] == [(job.id, "queued", 0)]
+    assert "not started: no worker took it from w; queued again" in [m for _, m in js.log(job.id)]
+    assert not js.heartbeat(job.id, "w")  # a late worker is told it is no longer its job
+    again = js.claim("w2")
+    assert (again.id, again.attempts) == (job.id, 1)
